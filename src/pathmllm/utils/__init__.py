@@ -1,0 +1,1 @@
+"""Small shared utilities: registry, optional imports, atomic writes."""
