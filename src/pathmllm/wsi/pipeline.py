@@ -23,7 +23,7 @@ from pathmllm.wsi.coords_h5 import (
 from pathmllm.wsi.errors import NoTissueError
 from pathmllm.wsi.reader import Slide, slide_name
 from pathmllm.wsi.store import SlideStore, slide_fingerprint
-from pathmllm.wsi.tiling import TilingConfig, make_grid
+from pathmllm.wsi.tiling import TilingConfig, check_fits, make_grid
 from pathmllm.wsi.tissue import TissueConfig, TissueMask, detect_tissue, mask_to_polygons
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ def tile_slide(
     with Slide(path, backend=backend, mpp=mpp) as slide:
         level0_mpp = slide.mpp  # raises MissingMppError naming --mpp
         plan = slide.plan(cfg.target_mpp, cfg.patch_size, cfg.mpp_tolerance)
+        check_fits(slide.dimensions, plan, cfg, slide.name)
         params = {
             "tiling": cfg.to_dict(),
             "tissue": {k: v for k, v in tcfg.__dict__.items()},
@@ -244,3 +245,24 @@ def export_layouts(store: SlideStore, out: Path, layouts: tuple[Layout, ...], sl
             write_coords_h5(dst, coords, cattrs)
         written.append(dst)
     return written
+
+
+def tile_and_export(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: TilingConfig | None = None,
+    backend: str = "auto",
+    mpp: float | None = None,
+    fmt: str = "png",
+    container: str = "folder",
+    workers: int | None = None,
+    quality: int = 90,
+) -> dict[str, Any]:
+    """Tile ``path`` if its store is missing, then export its patches (see :mod:`export`)."""
+    from pathmllm.wsi.export import export_patches
+
+    tiled = tile_slide(path, out, config, backend=backend, mpp=mpp)
+    store = SlideStore.open(tiled.store)
+    result = export_patches(store, path, fmt=fmt, container=container, workers=workers,  # type: ignore[arg-type]
+                            quality=quality, backend=backend, mpp=mpp)
+    return {**result.to_dict(), "n_regions": tiled.n_regions, "store": tiled.store}

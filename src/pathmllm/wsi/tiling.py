@@ -118,14 +118,8 @@ def tissue_fractions(tissue: TissueMask, coords: np.ndarray, footprint: int) -> 
     return np.clip(area / full, 0.0, 1.0).astype(np.float32)
 
 
-def make_grid(
-    dimensions: tuple[int, int],
-    plan: ReadPlan,
-    tissue: TissueMask,
-    config: TilingConfig,
-    slide_name: str = "slide",
-) -> PatchGrid:
-    """Lay the lattice over the slide, keep patches with enough tissue, group them into regions."""
+def check_fits(dimensions: tuple[int, int], plan: ReadPlan, config: TilingConfig, slide_name: str) -> None:
+    """Raise :class:`SlideTooSmallError` when not one whole patch fits on the slide."""
     w0, h0 = dimensions
     p0 = plan.patch_size_level0
     if w0 < p0 or h0 < p0:
@@ -134,6 +128,19 @@ def make_grid(
             f"{config.patch_size} px patch at {config.target_mpp:g} µm/px ({p0} px at level 0); "
             "use a smaller --patch-size or a finer --target-mpp"
         )
+
+
+def make_grid(
+    dimensions: tuple[int, int],
+    plan: ReadPlan,
+    tissue: TissueMask,
+    config: TilingConfig,
+    slide_name: str = "slide",
+) -> PatchGrid:
+    """Lay the lattice over the slide, keep patches with enough tissue, group them into regions."""
+    check_fits(dimensions, plan, config, slide_name)
+    w0, h0 = dimensions
+    p0 = plan.patch_size_level0
     ov0 = int(round(config.overlap * plan.downsample))
     step = p0 - ov0
     if step <= 0:

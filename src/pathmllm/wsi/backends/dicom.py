@@ -9,10 +9,14 @@ positions of TILED_SPARSE) and decodes only the frames a region touches.
 from __future__ import annotations
 
 import logging
+import functools
 import math
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,16 +24,39 @@ from pathmllm.utils.optional import require
 from pathmllm.wsi.backends.base import BACKENDS, SlideBackend, to_rgb
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# pydicom logs a warning for every over-long UID and every JFIF-marked RGB frame, which
-# real slides are full of; keep its errors only, unless the user configured it.
-_pydicom_log = logging.getLogger("pydicom")
-if _pydicom_log.level == logging.NOTSET:
-    _pydicom_log.setLevel(logging.ERROR)
+
+
+@contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's per-element warnings (over-long UIDs, JFIF-marked RGB frames),
+    which real slides are full of and which say nothing the user can act on."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def quietly(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run ``fn`` under :func:`quiet_pydicom` (pydicom warns lazily, when values are read)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        with quiet_pydicom():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
 
+@quietly
 def _series_files(path: Path) -> list[Path]:
     """All DICOM files of ``path``'s series: the file's siblings with the same SeriesInstanceUID."""
     pydicom = require("pydicom", "reading DICOM slides")
@@ -98,6 +125,7 @@ def _dicom_info(ds: Any) -> tuple[float | None, str | None, dict[str, str]]:
 class WsiDicomBackend(SlideBackend):
     name = "wsidicom"
 
+    @quietly
     def __init__(self, path: str | Path) -> None:
         wsidicom = require("wsidicom", "reading DICOM slides")
         path = Path(path)
@@ -115,6 +143,7 @@ class WsiDicomBackend(SlideBackend):
         head = pydicom.dcmread(files[0], stop_before_pixels=True)
         self.objective_power, self.vendor, self.properties = _dicom_info(head)
 
+    @quietly
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         ds = self.level_downsamples[level]
         loc = (int(round(location[0] / ds)), int(round(location[1] / ds)))
@@ -165,6 +194,7 @@ class PydicomBackend(SlideBackend):
     name = "pydicom"
     cache_frames = 256
 
+    @quietly
     def __init__(self, path: str | Path) -> None:
         pydicom = require("pydicom", "reading DICOM slides")
         self._pixels = require("pydicom.pixels")
@@ -175,7 +205,7 @@ class PydicomBackend(SlideBackend):
             if str(ds.get("SOPClassUID", "")) != WSI_SOP_CLASS:
                 continue
             image_type = [str(t).upper() for t in (ds.get("ImageType") or [])]
-            if image_type and ("LABEL" in image_type or "OVERVIEW" in image_type):
+            if {"LABEL", "OVERVIEW", "THUMBNAIL"} & set(image_type):
                 continue
             if ds.get("TotalPixelMatrixColumns") is None:
                 continue
@@ -191,6 +221,7 @@ class PydicomBackend(SlideBackend):
         self.objective_power, self.vendor, self.properties = _dicom_info(base.ds)
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
+    @quietly
     def _frame(self, level: int, index: int) -> np.ndarray:
         key = (level, index)
         hit = self._cache.get(key)
@@ -203,6 +234,7 @@ class PydicomBackend(SlideBackend):
             self._cache.popitem(last=False)
         return arr
 
+    @quietly
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         lv = self._levels[level]
         ds = self.level_downsamples[level]

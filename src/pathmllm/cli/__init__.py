@@ -1,0 +1,1 @@
+"""The ``pathmllm`` command line: thin wrappers over the Python API."""

@@ -1,0 +1,49 @@
+"""Entry point of the ``pathmllm`` command. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Optional
+
+import typer
+
+from pathmllm import __version__
+from pathmllm.cli import slide as slide_cmd
+
+app = typer.Typer(
+    name="pathmllm",
+    help="Multimodal LLMs for computational pathology: slides, embeddings, grounding.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(slide_cmd.app, name="slide")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pathmllm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        Optional[bool],  # noqa: UP045 - typer needs Optional here on Python 3.10
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0,
+) -> None:
+    """pathmllm: whole-slide pipelines and multimodal models for pathology."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)], force=True)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""``pathmllm slide``: info, tile, export-patches."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+app = typer.Typer(help="Read, tile and export whole-slide images.", no_args_is_help=True)
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    openslide = "openslide"
+    tifffile = "tifffile"
+    wsidicom = "wsidicom"
+    pydicom = "pydicom"
+    pil = "pil"
+
+
+class ImageFormat(str, Enum):
+    png = "png"
+    jpeg = "jpeg"
+
+
+class Container(str, Enum):
+    folder = "folder"
+    tar = "tar"
+    zip = "zip"
+
+
+MppOpt = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option("--mpp", help="µm per level-0 pixel, overriding the slide's metadata (needed when it has none)."),
+]
+BackendOpt = Annotated[Backend, typer.Option("--backend", help="Reader to use; auto picks by file type.")]
+TargetMpp = Annotated[float, typer.Option("--target-mpp", help="µm/px of the patches (0.5 ≈ 20x).")]
+PatchSize = Annotated[int, typer.Option("--patch-size", help="Patch side in px at --target-mpp.")]
+Overlap = Annotated[int, typer.Option("--overlap", help="Overlap between patches, px at --target-mpp.")]
+MinTissue = Annotated[float, typer.Option("--min-tissue", help="Minimum tissue fraction of a kept patch.")]
+RegionSize = Annotated[int, typer.Option("--region-size", help="Region side in patches (16 = 4096 px).")]
+Workers = Annotated[Optional[int], typer.Option("--workers", "-j", help="Worker processes (default: all cores).")]  # noqa: UP045
+EngineOpt = Annotated[Engine, typer.Option("--engine", help="local process pool, or a Ray cluster.")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start a local one).")]  # noqa: UP045
+Inputs = Annotated[list[Path], typer.Argument(help="Slide files and/or folders of slides.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder (one sub-folder per slide).")]
+
+
+@app.command("info")
+def info(
+    slide: Annotated[Path, typer.Argument(help="A slide file (or a DICOM series folder).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    backend: BackendOpt = Backend.auto,
+    mpp: MppOpt = None,
+) -> None:
+    """Dimensions, levels, µm/px, objective, vendor and backend of a slide."""
+    from pathmllm.wsi import SlideError, open_slide
+
+    try:
+        with open_slide(slide, backend=backend.value, mpp=mpp) as s:
+            data = s.info()
+    except SlideError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=data["name"], show_header=False)
+    mpp_txt = f"{data['mpp']:g}" if data["mpp"] else f"unknown ({data['mpp_problem']})"
+    for k, v in [
+        ("path", data["path"]),
+        ("backend", data["backend"]),
+        ("vendor", data["vendor"] or "-"),
+        ("dimensions", "{} x {}".format(*data["dimensions"])),
+        ("µm/px", mpp_txt),
+        ("µm/px source", data["mpp_source"] or "-"),
+        ("objective", f"{data['objective_power']:g}x" if data["objective_power"] else "-"),
+        ("magnification (from µm/px)", f"{data['magnification']:g}x" if data["magnification"] else "-"),
+    ]:
+        t.add_row(k, str(v))
+    console.print(t)
+    lv = Table("level", "width x height", "downsample", "µm/px")
+    for level in data["levels"]:
+        lv.add_row(
+            str(level["level"]), "{} x {}".format(*level["dimensions"]), f"{level['downsample']:g}",
+            f"{level['mpp']:g}" if level["mpp"] else "-",
+        )
+    console.print(lv)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _discover(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    from pathmllm.wsi.discover import find_slides
+
+    found = find_slides(list(inputs))
+    if not found.slides:
+        reasons = "; ".join(f"{p}: {why}" for p, why in found.problems) or "nothing given"
+        _fail(f"no slides to process ({reasons})", code=2)
+    return found.slides, found.problems
+
+
+def _run(
+    title: str, slides: list[Path], problems: list[tuple[str, str]], task: Any, kwargs: dict[str, Any],
+    engine: Engine, workers: int | None, ray_address: str | None, out: Path, as_json: bool,
+) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pathmllm.wsi.jobs import Failure, run_batch, write_report
+
+    console = Console(stderr=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"), console=console, disable=as_json,
+    ) as bar:
+        tid = bar.add_task(title, total=len(slides), last="")
+
+        def progress(path: str, ok: bool) -> None:
+            bar.update(tid, advance=1, last=("" if ok else "[red]failed: ") + Path(path).name)
+
+        report = run_batch(
+            slides, task, kwargs, engine=engine.value, workers=workers, progress=progress, ray_address=ray_address,
+        )
+    for p, why in problems:
+        report.failures.append(Failure(slide=Path(p).name, path=p, error="InputError", message=f"{p}: {why}"))
+    write_report(report, out)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _summary(console, report, out)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _summary(console: Any, report: Any, out: Path) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{len(report.results)} done, {len(report.failures)} failed in {report.seconds:.1f} s")
+    t.add_column("slide")
+    t.add_column("status")
+    t.add_column("patches", justify="right")
+    t.add_column("regions", justify="right")
+    t.add_column("output", overflow="fold")
+    for r in report.results:
+        t.add_row(r["slide"], r["status"], str(r.get("n_patches", "")), str(r.get("n_regions", "")),
+                  r.get("store") or r.get("output", ""))
+    for f in report.failures:
+        t.add_row(f.slide, f"[red]{f.error}", "", "", "see below")
+    console.print(t)
+    for f in report.failures:
+        console.print(f"[red]✗ {f.slide}[/] ({f.error}): {f.message}", highlight=False)
+    if report.failures:
+        console.print(f"[red]{len(report.failures)} slide(s) failed[/]; details in {out / 'errors.json'}")
+
+
+@app.command("tile")
+def tile(
+    inputs: Inputs,
+    out: Out,
+    target_mpp: TargetMpp = 0.5,
+    patch_size: PatchSize = 256,
+    overlap: Overlap = 0,
+    min_tissue: MinTissue = 0.25,
+    region_size: RegionSize = 16,
+    mpp: MppOpt = None,
+    backend: BackendOpt = Backend.auto,
+    workers: Workers = None,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddress = None,
+    layout: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--layout", help="Also place coords where CLAM and/or TRIDENT look (repeatable: clam, trident)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo slides already done.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Find tissue and lay patch grids and regions over many slides (resumable).
+
+    Writes OUT/<slide>/<mpp>mpp_<size>px/ per slide, plus OUT/summary.json and OUT/errors.json.
+    Exit code 1 if any slide failed, 2 if no slide was found.
+    """
+    from pathmllm.wsi.pipeline import LAYOUTS, tile_slide
+    from pathmllm.wsi.tiling import TilingConfig
+
+    for lay in layout or []:
+        if lay not in LAYOUTS:
+            _fail(f"--layout {lay!r}: choose from {', '.join(LAYOUTS)}", code=2)
+    try:
+        cfg = TilingConfig(target_mpp=target_mpp, patch_size=patch_size, overlap=overlap,
+                           min_tissue=min_tissue, region_size=region_size)
+    except ValueError as exc:
+        _fail(str(exc), code=2)
+    slides, problems = _discover(inputs)
+    kwargs = {"out": str(out), "config": cfg, "backend": backend.value, "mpp": mpp,
+              "layouts": tuple(layout or ()), "force": force}
+    _run("tiling", slides, problems, tile_slide, kwargs, engine, workers, ray_address, out, as_json)
+
+
+@app.command("export-patches")
+def export_patches(
+    inputs: Inputs,
+    out: Out,
+    fmt: Annotated[ImageFormat, typer.Option("--format", help="Image format of the patches.")] = ImageFormat.png,
+    container: Annotated[Container, typer.Option("--container", help="A folder of files, or one tar/zip per slide.")] = Container.folder,
+    target_mpp: TargetMpp = 0.5,
+    patch_size: PatchSize = 256,
+    overlap: Overlap = 0,
+    min_tissue: MinTissue = 0.25,
+    region_size: RegionSize = 16,
+    mpp: MppOpt = None,
+    backend: BackendOpt = Backend.auto,
+    workers: Workers = None,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddress = None,
+    quality: Annotated[int, typer.Option("--quality", help="JPEG quality.")] = 90,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Write the patches of many slides as PNG/JPEG files (tiling first where needed).
+
+    Output: OUT/<slide>/<setting>/patches/ or patches.tar / patches.zip.
+    """
+    from pathmllm.wsi.pipeline import tile_and_export
+    from pathmllm.wsi.tiling import TilingConfig
+
+    try:
+        cfg = TilingConfig(target_mpp=target_mpp, patch_size=patch_size, overlap=overlap,
+                           min_tissue=min_tissue, region_size=region_size)
+    except ValueError as exc:
+        _fail(str(exc), code=2)
+    slides, problems = _discover(inputs)
+    # patches of one slide are read in parallel; with Ray, each slide is one task
+    per_slide_workers = workers if engine == Engine.local else 1
+    kwargs = {"out": str(out), "config": cfg, "backend": backend.value, "mpp": mpp, "fmt": fmt.value,
+              "container": container.value, "workers": per_slide_workers, "quality": quality}
+    batch_workers = 1 if engine == Engine.local else workers
+    _run("exporting", slides, problems, tile_and_export, kwargs, engine, batch_workers, ray_address, out, as_json)
