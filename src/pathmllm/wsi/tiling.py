@@ -150,7 +150,7 @@ def make_grid(
     grid_rc = np.stack([rows.ravel(), cols.ravel()], axis=1).astype(np.int32)
     coords = (grid_rc[:, ::-1].astype(np.int64)) * step
     frac = tissue_fractions(tissue, coords, p0)
-    keep = frac >= config.min_tissue if config.min_tissue > 0 else frac > 0
+    keep = frac >= max(config.min_tissue, 1e-6)  # 1e-6: float noise of the summed-area table
     coords, frac, grid_rc = coords[keep], frac[keep], grid_rc[keep]
 
     k = config.region_size

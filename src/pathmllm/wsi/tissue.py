@@ -120,7 +120,7 @@ def otsu(values: np.ndarray, bins: int = 256) -> float:
     mu0 = m0 / np.maximum(w0, 1)
     mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
     between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(centers[int(np.argmax(between))])
+    return float(edges[int(np.argmax(between)) + 1])  # class 0 is bins 0..argmax inclusive
 
 
 def tissue_mask_from_rgb(
