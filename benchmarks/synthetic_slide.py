@@ -111,8 +111,8 @@ class Blobs:
         return cls(
             cx=((cells % 3) + 0.5 + rng.uniform(-0.15, 0.15, n)) / 3 * width,
             cy=((cells // 3) + 0.5 + rng.uniform(-0.15, 0.15, n)) / 3 * height,
-            rx=rng.uniform(0.09, 0.15, n) * side,
-            ry=rng.uniform(0.06, 0.11, n) * side,
+            rx=rng.uniform(0.12, 0.19, n) * side,
+            ry=rng.uniform(0.09, 0.14, n) * side,
             angle=rng.uniform(0, np.pi, n),
             phase=rng.uniform(0, 2 * np.pi, (n, 2)).T,
         )

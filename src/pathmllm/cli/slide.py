@@ -102,7 +102,7 @@ def info(
 def _fail(message: str, code: int = 1) -> None:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -165,9 +165,9 @@ def _summary(console: Any, report: Any, out: Path) -> None:
         t.add_row(f.slide, f"[red]{f.error}", "", "", "see below")
     console.print(t)
     for f in report.failures:
-        console.print(f"[red]✗ {f.slide}[/] ({f.error}): {f.message}", highlight=False)
+        console.print(f"[red]✗ {f.slide}[/] ({f.error}): {f.message}", highlight=False, soft_wrap=True)
     if report.failures:
-        console.print(f"[red]{len(report.failures)} slide(s) failed[/]; details in {out / 'errors.json'}")
+        console.print(f"[red]{len(report.failures)} slide(s) failed[/]; details in {out / 'errors.json'}", soft_wrap=True)
 
 
 @app.command("tile")
