@@ -1,4 +1,4 @@
-"""``pathmllm slide``: info, tile, export-patches."""
+"""``pathmllm slide``: info, tile, export-patches, cells."""
 
 from __future__ import annotations
 
@@ -156,10 +156,11 @@ def _summary(console: Any, report: Any, out: Path) -> None:
     t.add_column("slide")
     t.add_column("status")
     t.add_column("patches", justify="right")
-    t.add_column("regions", justify="right")
+    extra = "n_cells" if any("n_cells" in r for r in report.results) else "n_regions"
+    t.add_column(extra[2:], justify="right")
     t.add_column("output", overflow="fold")
     for r in report.results:
-        t.add_row(r["slide"], r["status"], str(r.get("n_patches", "")), str(r.get("n_regions", "")),
+        t.add_row(r["slide"], r["status"], str(r.get("n_patches", "")), str(r.get(extra, "")),
                   r.get("store") or r.get("output", ""))
     for f in report.failures:
         t.add_row(f.slide, f"[red]{f.error}", "", "", "see below")
@@ -251,3 +252,46 @@ def export_patches(
               "container": container.value, "workers": per_slide_workers, "quality": quality}
     batch_workers = 1 if engine == Engine.local else workers
     _run("exporting", slides, problems, tile_and_export, kwargs, engine, batch_workers, ray_address, out, as_json)
+
+
+@app.command("cells")
+def cells(
+    inputs: Inputs,
+    out: Out,
+    segmenter: Annotated[str, typer.Option("--segmenter", help="Nucleus backend: a registered name (watershed, ...) or 'module:Class'.")] = "watershed",
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Local checkpoint for backends that need weights.")] = None,  # noqa: UP045
+    cell_expansion: Annotated[float, typer.Option("--cell-expansion-um", help="Grow nuclei by this many µm into cell outlines.")] = 5.0,
+    target_mpp: TargetMpp = 0.5,
+    patch_size: PatchSize = 256,
+    min_tissue: MinTissue = 0.25,
+    region_size: RegionSize = 16,
+    mpp: MppOpt = None,
+    backend: BackendOpt = Backend.auto,
+    workers: Workers = None,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddress = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo slides already done.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Segment and measure the nuclei of many slides (tiling first where needed; resumable).
+
+    Writes cells.parquet, cells_per_patch.parquet, cells.geojson (QuPath cells) and overlays
+    into each slide's store OUT/<slide>/<setting>/.
+    """
+    from pathmllm.cells.slide import CellConfig, segment_slide
+    from pathmllm.wsi.tiling import TilingConfig
+
+    try:
+        tcfg = TilingConfig(target_mpp=target_mpp, patch_size=patch_size, min_tissue=min_tissue, region_size=region_size)
+        from pathmllm.cells.base import segmenter_class
+
+        segmenter_class(segmenter)
+    except ValueError as exc:
+        _fail(str(exc), code=2)
+    ccfg = CellConfig(backend=segmenter, weights=str(weights) if weights else None, cell_expansion_um=cell_expansion)
+    slides, problems = _discover(inputs)
+    per_slide_workers = workers if engine == Engine.local else 1
+    kwargs = {"out": str(out), "tiling": tcfg, "cells": ccfg, "backend": backend.value, "mpp": mpp,
+              "workers": per_slide_workers, "force": force}
+    batch_workers = 1 if engine == Engine.local else workers
+    _run("cells", slides, problems, segment_slide, kwargs, engine, batch_workers, ray_address, out, as_json)
