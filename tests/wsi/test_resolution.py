@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from pathmllm.wsi.resolution import best_level, check_mpp, nominal_magnification, plan_read, snap_downsample
+from pathmllm.wsi.resolution import (
+    best_level,
+    check_mpp,
+    nominal_magnification,
+    plan_read,
+    snap_downsample,
+)
 
 
 def test_check_mpp_flags_dpi_defaults_and_nonsense() -> None:

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from pathmllm.wsi import open_slide
-from pathmllm.wsi.tissue import TissueConfig, detect_tissue, mask_to_polygons, otsu, tissue_mask_from_rgb
+from pathmllm.wsi.tissue import (
+    TissueConfig,
+    detect_tissue,
+    mask_to_polygons,
+    otsu,
+    tissue_mask_from_rgb,
+)
 from tests.helpers import tissue_image
 
 

@@ -137,8 +137,8 @@ def read_geojson_instances(
 
 def label_polygons(labels: np.ndarray) -> dict[int, Any]:
     """Shapely polygons (label-pixel coordinates, pixel edges) for each label, keyed by label."""
-    from skimage import measure
     from shapely.geometry import Polygon
+    from skimage import measure
 
     from pathmllm.io.geojson import polygonal
 

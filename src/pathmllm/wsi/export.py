@@ -14,8 +14,8 @@ import tarfile
 import time
 import zipfile
 from collections.abc import Iterator
-from contextlib import nullcontext
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path

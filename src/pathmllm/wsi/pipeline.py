@@ -99,9 +99,10 @@ def tile_slide(
             t0 = time.perf_counter()
             tissue = detect_tissue(slide, tcfg)
             thumb, thumb_ds = slide.thumbnail(max_size=1024)
+            from PIL import Image
+
             from pathmllm.io.geojson import write_geojson
             from pathmllm.wsi.overlay import mask_image
-            from PIL import Image
 
             _save_png(store.path(SlideStore.THUMBNAIL), Image.fromarray(thumb))
             _save_png(store.path(SlideStore.TISSUE_MASK), mask_image(tissue.mask))

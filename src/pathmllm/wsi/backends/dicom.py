@@ -8,13 +8,13 @@ positions of TILED_SPARSE) and decodes only the frames a region touches.
 
 from __future__ import annotations
 
-import logging
 import functools
+import logging
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, TypeVar
 
