@@ -35,12 +35,8 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import tifffile
+from _common import DATA, WORK
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
-WORK = REPO / "benchmarks" / "_work"
-#: real H&E tiles; override with the PATHMLLM_DATA environment variable
-DATA = Path(os.environ.get("PATHMLLM_DATA", REPO.parent / "shared" / "data"))
 
 MOSAIC = 2048  # side of the periodic tissue texture, level-0 px
 JPEG_QUALITY = 80

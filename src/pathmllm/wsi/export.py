@@ -1,31 +1,42 @@
 """Export patch images (a folder of PNG/JPEG files, or one tar/zip per slide) for training elsewhere.
 
 Patches are read by several processes at once, each with its own slide handle, in chunks
-of neighbouring patches; a row of touching patches at the read level is fetched with one
-``read_region`` call and cut up, which saves the per-call overhead of the readers.
+of neighbouring patches. Worker processes come from a ``forkserver`` (``spawn`` where there
+is none): no fork of a process that may run threads or hold C-library state, and after the
+first export in a process new workers start in milliseconds instead of re-importing
+everything. While the workers start, this process reads the first chunks itself, so a
+small slide is not slower than a plain loop.
+
+Readers differ in what is fastest (``benchmarks/bench_export.py``): OpenSlide reads one
+patch per call fastest (a wide region costs more per pixel than the calls it saves), while
+tifffile/tiffslide and the other readers gain from fetching a row of touching patches at
+the read level with one ``read_region`` call and cutting it up.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
+import multiprocessing
 import os
 import tarfile
+import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
-from pathmllm.utils.atomic import atomic_path
-from pathmllm.wsi.reader import Slide, resize
+from pathmllm.utils.atomic import TMP_MARK, atomic_path
+from pathmllm.wsi.reader import Slide
 from pathmllm.wsi.resolution import ReadPlan
 from pathmllm.wsi.store import SlideStore
 
@@ -33,7 +44,10 @@ log = logging.getLogger(__name__)
 
 ImageFormat = Literal["png", "jpeg"]
 Container = Literal["folder", "tar", "zip"]
-CHUNK = 64  # patches per work item
+CHUNK = 64  # most patches per work item
+MIN_CHUNK = 8  # fewest patches per work item (smaller ones balance the load, larger ones cost IPC)
+#: backends that read one patch per call faster than a row of patches in one call
+PER_PATCH_BACKENDS = frozenset({"openslide"})
 
 
 @dataclass
@@ -53,9 +67,9 @@ def patch_name(slide: str, x: int, y: int, fmt: ImageFormat) -> str:
     return f"{slide}_x{int(x)}_y{int(y)}.{'jpg' if fmt == 'jpeg' else 'png'}"
 
 
-def encode(arr: np.ndarray, fmt: ImageFormat, quality: int = 90) -> bytes:
+def encode(arr: np.ndarray | Image.Image, fmt: ImageFormat, quality: int = 90) -> bytes:
     buf = io.BytesIO()
-    img = Image.fromarray(arr)
+    img = arr if isinstance(arr, Image.Image) else Image.fromarray(arr)
     if fmt == "jpeg":
         img.save(buf, format="JPEG", quality=quality)
     else:
@@ -80,19 +94,34 @@ def _runs(coords: np.ndarray, step: int, footprint: int) -> Iterator[np.ndarray]
 
 
 def read_patches(slide: Slide, coords: np.ndarray, plan: ReadPlan, step: int) -> Iterator[np.ndarray]:
-    """Patches at ``coords`` in order, reading each row of touching patches in one call."""
+    """Patches at ``coords`` in order, each equal to ``slide.read_patch(xy, plan=plan)``."""
+    for img in _patch_images(slide, coords, plan, step):
+        yield np.asarray(img)
+
+
+def _patch_images(slide: Slide, coords: np.ndarray, plan: ReadPlan, step: int) -> Iterator[Image.Image]:
+    """Patches at ``coords`` as PIL images (no array round trips before encoding).
+
+    Each equals ``slide.read_patch(xy, plan=plan)``: the region read at ``plan.level`` and,
+    where the plan resizes, the same PIL bicubic resize that :func:`reader.resize` applies.
+    Rows of touching patches are read with one call unless the backend is faster per patch.
+    """
     p0, lds, rs = plan.patch_size_level0, plan.level_downsample, plan.read_size
     exact = abs(p0 / lds - rs) < 1e-6  # patches tile the read level exactly
-    for run in _runs(coords, step, p0):
-        if len(run) > 1 and exact:
-            x, y = coords[run[0]]
-            strip = slide.read_region((int(x), int(y)), plan.level, (rs * len(run), rs))
-            for j in range(len(run)):
-                arr = strip[:, j * rs : (j + 1) * rs]
-                yield resize(arr, (plan.patch_size,) * 2) if plan.needs_resize else np.ascontiguousarray(arr)
-        else:
-            for i in run:
-                yield slide.read_patch(tuple(coords[i]), plan.patch_size, plan=plan)
+    rows = exact and slide.backend not in PER_PATCH_BACKENDS
+    size = (plan.patch_size, plan.patch_size)
+
+    def finish(img: Image.Image) -> Image.Image:
+        return img.resize(size, Image.Resampling.BICUBIC) if plan.needs_resize else img
+
+    for run in _runs(coords, step, p0) if rows else ([i] for i in range(len(coords))):
+        x, y = (int(v) for v in coords[run[0]])
+        if len(run) == 1:
+            yield finish(Image.fromarray(slide.read_region((x, y), plan.level, (rs, rs))))
+            continue
+        strip = Image.fromarray(slide.read_region((x, y), plan.level, (rs * len(run), rs)))
+        for j in range(len(run)):
+            yield finish(strip.crop((j * rs, 0, (j + 1) * rs, rs)))
 
 
 # worker state: one open slide per process
@@ -103,20 +132,43 @@ def _worker_init(path: str, backend: str, mpp: float | None) -> None:
     _WORKER["slide"] = Slide(path, backend=backend, mpp=mpp)
 
 
+def _ready() -> bool:
+    """A no-op whose completion tells that a worker process is up."""
+    return "slide" in _WORKER
+
+
 def _work(coords: np.ndarray, plan: ReadPlan, step: int, fmt: ImageFormat, quality: int, name: str,
           folder: str | None) -> list[tuple[str, bytes | None]]:
-    slide: Slide = _WORKER["slide"]
+    return _work_on(_WORKER["slide"], coords, plan, step, fmt, quality, name, folder)
+
+
+def _work_on(slide: Slide, coords: np.ndarray, plan: ReadPlan, step: int, fmt: ImageFormat, quality: int,
+             name: str, folder: str | None) -> list[tuple[str, bytes | None]]:
+    """Read, encode and (for a folder) write one chunk; archives get the bytes back."""
     out: list[tuple[str, bytes | None]] = []
-    for (x, y), arr in zip(coords, read_patches(slide, coords, plan, step)):
+    for (x, y), img in zip(coords, _patch_images(slide, coords, plan, step)):
         fname = patch_name(name, x, y, fmt)
-        data = encode(arr, fmt, quality)
+        data = encode(img, fmt, quality)
         if folder is not None:
-            with atomic_path(Path(folder) / fname) as tmp:
-                tmp.write_bytes(data)
+            _write_atomic(folder, fname, data)
             out.append((fname, None))
         else:
             out.append((fname, data))
     return out
+
+
+def _write_atomic(folder: str, fname: str, data: bytes) -> None:
+    """:func:`pathmllm.utils.atomic.write_bytes` (temp file, fsync, rename) on one descriptor."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{fname}{TMP_MARK}", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(folder, fname))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def export_patches(
@@ -165,25 +217,21 @@ def export_patches(
         todo = coords[keep]
     else:
         todo = coords
-    chunks = [todo[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
-    n_workers = max(1, min(workers or os.cpu_count() or 1, len(chunks) or 1))
-    written = 0
+    n_workers = max(1, workers or os.cpu_count() or 1)
+    size = max(MIN_CHUNK, min(CHUNK, math.ceil(len(todo) / (8 * n_workers))))  # >= 8 items per worker
+    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    n_workers = min(n_workers, len(chunks) or 1)
+    work_args = (plan, step, fmt, quality, name, folder)
     archive_ctx = _archive(target, container) if container != "folder" else None
-    with archive_ctx if archive_ctx is not None else nullcontext() as add:
-        if n_workers == 1:
-            _worker_init(str(slide_path), slide.backend, mpp)
-            results: Iterator[list[tuple[str, bytes | None]]] = (
-                _work(c, plan, step, fmt, quality, name, folder) for c in chunks
-            )
-            written = _drain(results, add)
-        else:
-            with ProcessPoolExecutor(
-                n_workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                initargs=(str(slide_path), slide.backend, mpp),
-            ) as pool:
-                futures = [pool.submit(_work, c, plan, step, fmt, quality, name, folder) for c in chunks]
-                written = _drain((f.result() for f in futures), add)
-    slide.close()
+    try:
+        with archive_ctx if archive_ctx is not None else nullcontext() as add:
+            if n_workers == 1:
+                written = _drain((_work_on(slide, c, *work_args) for c in chunks), add)
+            else:
+                init = (str(slide_path), slide.backend, mpp)
+                written = _run_pool(slide, chunks, work_args, n_workers, init, add)
+    finally:
+        slide.close()
     seconds = time.perf_counter() - t0
     store.mark_done(stage, seconds, [target.name], n_patches=len(coords), format=fmt, container=container)
     return ExportResult(name, str(target), len(coords), written, seconds, "done")
@@ -193,7 +241,39 @@ def _tolerance(store: SlideStore) -> float:
     return float(store.manifest().get("params", {}).get("tiling", {}).get("mpp_tolerance", 0.02))
 
 
-def _drain(results: Iterator[list[tuple[str, bytes | None]]], add: Any) -> int:
+def _mp_context() -> BaseContext:
+    """``forkserver`` (cheap, thread-safe worker starts) where available, else ``spawn``."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # the server imports this module once, so its forks start ready (no effect once it runs);
+    # "__main__" is the default preload, kept for other users of the forkserver
+    ctx.set_forkserver_preload(["__main__", __name__])
+    return ctx
+
+
+def _run_pool(slide: Slide, chunks: list[np.ndarray], work_args: tuple[Any, ...], n_workers: int,
+              init: tuple[str, str, float | None], add: Any) -> int:
+    """Chunks through ``n_workers`` processes, in order. Until the first worker is up this
+    process reads chunks itself; if it finishes them all first, the pool is not waited for."""
+    pool = ProcessPoolExecutor(n_workers, mp_context=_mp_context(), initializer=_worker_init, initargs=init)
+    wait = True
+    try:
+        ready = pool.submit(_ready)
+        written, i = 0, 0
+        while i < len(chunks) and not ready.done():
+            written += _drain([_work_on(slide, chunks[i], *work_args)], add)
+            i += 1
+        if i == len(chunks):
+            wait = ready.done()  # workers still starting: let them exit on their own
+            return written
+        futures = [pool.submit(_work, c, *work_args) for c in chunks[i:]]
+        return written + _drain((f.result() for f in futures), add)
+    finally:
+        pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def _drain(results: Iterable[list[tuple[str, bytes | None]]], add: Any) -> int:
     n = 0
     for batch in results:
         for fname, data in batch:
