@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from pathmllm import __version__
+from pathmllm.cli import embed as embed_cmd
+from pathmllm.cli import models as models_cmd
 from pathmllm.cli import slide as slide_cmd
 
 app = typer.Typer(
@@ -18,6 +20,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(slide_cmd.app, name="slide")
+app.add_typer(models_cmd.app, name="models")
+app.command("embed-patches")(embed_cmd.embed_patches)
 
 
 def _version(value: bool) -> None:

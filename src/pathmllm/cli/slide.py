@@ -119,6 +119,7 @@ def _discover(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
 def _run(
     title: str, slides: list[Path], problems: list[tuple[str, str]], task: Any, kwargs: dict[str, Any],
     engine: Engine, workers: int | None, ray_address: str | None, out: Path, as_json: bool,
+    ray_options: dict[str, Any] | None = None,
 ) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -138,6 +139,7 @@ def _run(
 
         report = run_batch(
             slides, task, kwargs, engine=engine.value, workers=workers, progress=progress, ray_address=ray_address,
+            ray_options=ray_options,
         )
     for p, why in problems:
         report.failures.append(Failure(slide=Path(p).name, path=p, error="InputError", message=f"{p}: {why}"))
@@ -156,8 +158,8 @@ def _summary(console: Any, report: Any, out: Path) -> None:
     t.add_column("slide")
     t.add_column("status")
     t.add_column("patches", justify="right")
-    extra = "n_cells" if any("n_cells" in r for r in report.results) else "n_regions"
-    t.add_column(extra[2:], justify="right")
+    extra = next((k for k in ("n_cells", "embed_dim") if any(k in r for r in report.results)), "n_regions")
+    t.add_column({"n_cells": "cells", "embed_dim": "dim", "n_regions": "regions"}[extra], justify="right")
     t.add_column("output", overflow="fold")
     for r in report.results:
         t.add_row(r["slide"], r["status"], str(r.get("n_patches", "")), str(r.get(extra, "")),
@@ -295,3 +297,61 @@ def cells(
               "workers": per_slide_workers, "force": force}
     batch_workers = 1 if engine == Engine.local else workers
     _run("cells", slides, problems, segment_slide, kwargs, engine, batch_workers, ray_address, out, as_json)
+
+
+@app.command("features")
+def features(
+    inputs: Inputs,
+    out: Out,
+    encoder: Annotated[str, typer.Option("--encoder", "-e", help="Encoder name (pathmllm models ls), or timm:/hf:/open_clip: + architecture.")],
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Local weights file or folder (default: $PATHMLLM_WEIGHTS).")] = None,  # noqa: UP045
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Patches per forward pass.")] = 64,
+    num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="DataLoader workers reading patches (default: cores - 1).")] = None,  # noqa: UP045
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16/fp16 on GPU), fp32, bf16, fp16.")] = "auto",
+    random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights when none are found (benchmarks only).")] = False,
+    target_mpp: TargetMpp = 0.5,
+    patch_size: PatchSize = 256,
+    min_tissue: MinTissue = 0.25,
+    region_size: RegionSize = 16,
+    mpp: MppOpt = None,
+    backend: BackendOpt = Backend.auto,
+    engine: EngineOpt = Engine.local,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-j", help="With --engine ray: slides at once (one per GPU when on GPU).")] = None,  # noqa: UP045
+    ray_address: RayAddress = None,
+    layout: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--layout", help="Also write CLAM (h5_files, pt_files) and/or TRIDENT (features_<enc>/) files."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute slides already done.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Patch features of many slides with one encoder (tiling first where needed; resumable).
+
+    Writes features_<encoder>.h5 (TRIDENT layout plus region and slide means) into each store.
+    """
+    from pathmllm.encoders.extract import ExtractConfig, extract_slide_features
+    from pathmllm.wsi.pipeline import LAYOUTS
+    from pathmllm.wsi.tiling import TilingConfig
+
+    for lay in layout or []:
+        if lay not in LAYOUTS:
+            _fail(f"--layout {lay!r}: choose from {', '.join(LAYOUTS)}", code=2)
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        _fail(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16", code=2)
+    try:
+        from pathmllm.encoders.registry import encoder_spec
+
+        encoder_spec(encoder)
+        tcfg = TilingConfig(target_mpp=target_mpp, patch_size=patch_size, min_tissue=min_tissue, region_size=region_size)
+    except (KeyError, ValueError) as exc:
+        _fail(str(exc).strip("'\""), code=2)
+    ecfg = ExtractConfig(encoder=encoder, weights=str(weights) if weights else None, batch_size=batch_size,
+                         num_workers=num_workers, device=device, precision=precision,  # type: ignore[arg-type]
+                         allow_random=random_weights)
+    slides, problems = _discover(inputs)
+    kwargs = {"out": str(out), "config": ecfg, "tiling": tcfg, "backend": backend.value, "mpp": mpp,
+              "layouts": tuple(layout or ()), "force": force}
+    ray_options = {"num_gpus": 1} if engine == Engine.ray and device != "cpu" else None
+    _run("features", slides, problems, extract_slide_features, kwargs, engine,
+         1 if engine == Engine.local else workers, ray_address, out, as_json, ray_options)

@@ -123,11 +123,13 @@ def run_batch(
     progress: Progress | None = None,
     ray_address: str | None = None,
     report_dir: str | os.PathLike[str] | None = None,
+    ray_options: dict[str, Any] | None = None,
 ) -> BatchReport:
     """Run ``task(path, **task_kwargs)`` for each path and gather results and failures.
 
     ``workers=1`` runs in this process (easiest to debug). With ``report_dir`` the run's
-    ``summary.json`` and ``errors.json`` are written there.
+    ``summary.json`` and ``errors.json`` are written there. ``ray_options`` go to
+    ``ray.remote`` (e.g. ``{"num_gpus": 1}``: one slide per GPU at a time).
     """
     t0 = time.perf_counter()
     kwargs = dict(task_kwargs or {})
@@ -140,7 +142,7 @@ def run_batch(
     todo = [p for p in todo if p not in clash]
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     if engine == "ray":
-        _run_ray(todo, task, kwargs, n_workers if workers else None, ray_address, report, progress)
+        _run_ray(todo, task, kwargs, n_workers if workers else None, ray_address, report, progress, ray_options)
     elif engine == "local":
         if n_workers == 1:
             for p in todo:
@@ -208,6 +210,7 @@ def _run_isolated(path: str, task: Callable[..., Any], kwargs: dict[str, Any], r
 def _run_ray(
     todo: list[str], task: Callable[..., Any], kwargs: dict[str, Any], num_cpus: int | None,
     address: str | None, report: BatchReport, progress: Progress | None,
+    options: dict[str, Any] | None = None,
 ) -> None:
     from pathmllm.utils.optional import require
 
@@ -222,7 +225,7 @@ def _run_ray(
         ray.init(**init)
         started = True
     try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(run_one)
+        remote = ray.remote(**{"num_cpus": 1, "max_retries": 0, **(options or {})})(run_one)
         refs = {remote.remote(task, p, kwargs): p for p in todo}
         waiting = list(refs)
         while waiting:

@@ -1,0 +1,34 @@
+"""``pathmllm models``: what encoders are registered and which have local weights."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Registered models and their local weights.", no_args_is_help=True)
+
+
+@app.command("ls")
+def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List registered patch encoders and whether their weights are available locally.
+
+    Weights are looked up in --weights paths and $PATHMLLM_WEIGHTS (weights.yaml or NAME/).
+    """
+    from pathmllm.encoders.registry import list_encoders
+
+    rows = list_encoders()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="patch encoders")
+    for col in ("name", "family", "dim", "input", "µm/px", "licence", "weights"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r["name"], r["family"], str(r["embed_dim"]), str(r["input_size"]),
+                  f"{r['mpp']:g}" if r["mpp"] else "-", r["licence"], r["weights"])
+    Console().print(t)
