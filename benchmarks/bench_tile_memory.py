@@ -56,18 +56,35 @@ class Run:
     trace: list[tuple[float, float]]  # (seconds since start, RSS MB)
 
 
+#: a minimal interpreter that starts ``argv[2:]`` and writes its exit code and peak RSS to ``argv[1]``.
+#: A child's ru_maxrss starts from the RSS of the process that forked it, so the measured
+#: command must not be forked from this (large) benchmark process, but from a small one.
+LAUNCHER = (
+    "import json, os, sys\n"
+    "pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    json.dump({'code': os.waitstatus_to_exitcode(status), 'maxrss_kb': usage.ru_maxrss}, f)\n"
+)
+
+
 def run_child(cmd: list[str], trace: bool = False) -> Run:
     """Run ``cmd`` alone and return its peak RSS (``ru_maxrss`` via ``wait4``) and wall time."""
+    report = OUT / f".rusage-{os.getpid()}.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", LAUNCHER, str(report), *cmd],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
 
     def sample() -> None:
         try:
-            p = psutil.Process(proc.pid)
+            launcher = psutil.Process(proc.pid)
             while not stop.is_set():
-                samples.append((time.perf_counter() - t0, p.memory_info().rss / MB))
+                kids = launcher.children()
+                if kids:
+                    samples.append((time.perf_counter() - t0, kids[0].memory_info().rss / MB))
                 stop.wait(0.02)
         except psutil.Error:
             return
@@ -75,22 +92,14 @@ def run_child(cmd: list[str], trace: bool = False) -> Run:
     sampler = threading.Thread(target=sample, daemon=True)
     if trace:
         sampler.start()
-    # drain the pipes while the child runs, then reap it ourselves to get its rusage
-    out_chunks: list[bytes] = []
-    err_chunks: list[bytes] = []
-    readers = [threading.Thread(target=lambda s=s, b=b: b.append(s.read()), daemon=True)
-               for s, b in ((proc.stdout, out_chunks), (proc.stderr, err_chunks))]
-    for r in readers:
-        r.start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    out, err = proc.communicate()
     seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     stop.set()
-    for r in readers:
-        r.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{b''.join(err_chunks).decode()[-2000:]}")
-    return Run(usage.ru_maxrss * 1024 / MB, seconds, samples)  # ru_maxrss is in KiB on Linux
+    result = json.loads(report.read_text()) if report.exists() else {"code": proc.returncode, "maxrss_kb": 0}
+    report.unlink(missing_ok=True)
+    if proc.returncode != 0 or result["code"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({result['code']}):\n{err.decode()[-2000:]}")
+    return Run(result["maxrss_kb"] * 1024 / MB, seconds, samples)  # ru_maxrss is in KiB on Linux
 
 
 def n_patches(out: Path, slide: Path) -> int:

@@ -585,7 +585,7 @@ class HoverNetLite(NucleusSegmenter):
             return out
         tensors = []
         for i in todo:
-            t = torch.from_numpy(arrays[i]).permute(2, 0, 1).float()
+            t = torch.tensor(arrays[i]).permute(2, 0, 1).float()
             tensors.append(resample(t, network_size(t.shape[-2:], mpp, self.mpp)))
         maps = predict_maps(self.model, tensors, self.inference, self.device)
         for i, m in zip(todo, maps, strict=True):

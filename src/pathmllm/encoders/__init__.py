@@ -8,7 +8,13 @@
 from __future__ import annotations
 
 from pathmllm.encoders.base import EncoderSpec, PatchEncoder
-from pathmllm.encoders.registry import ENCODERS, build_encoder, encoder_spec, list_encoders, register_encoder
+from pathmllm.encoders.registry import (
+    ENCODERS,
+    build_encoder,
+    encoder_spec,
+    list_encoders,
+    register_encoder,
+)
 from pathmllm.encoders.weights import WeightsMismatchError, WeightsNotFoundError
 
 __all__ = [

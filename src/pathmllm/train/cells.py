@@ -250,7 +250,7 @@ def _prepare(samples: list[Any], net_mpp: float) -> list[_Prepared]:
     out = []
     for s in samples:
         size = network_size(s.labels.shape, s.mpp, net_mpp)
-        img = resample(torch.from_numpy(s.image).permute(2, 0, 1).float(), size).numpy()
+        img = resample(torch.tensor(s.image).permute(2, 0, 1).float(), size).numpy()
         labels = _resize_labels(s.labels, size)
         out.append(_Prepared(s.name, np.ascontiguousarray(img, dtype=np.float32), target_maps(labels)))
     return out
