@@ -79,3 +79,15 @@ def load() -> str:
 def print_machine() -> None:
     m = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in m.items()))
+
+
+def wait_for_idle(max_load: float, timeout_s: float) -> bool:
+    """Wait until the 1-minute load average drops below ``max_load`` (other jobs on a shared
+    machine take the cores a parallel run needs); False if it did not within ``timeout_s``."""
+    t0 = time.monotonic()
+    while os.getloadavg()[0] >= max_load:
+        if time.monotonic() - t0 > timeout_s:
+            print(f"load average still {load()} after {timeout_s:.0f} s; running anyway", flush=True)
+            return False
+        time.sleep(10)
+    return True

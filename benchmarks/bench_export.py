@@ -45,12 +45,12 @@ from types import ModuleType
 
 import numpy as np
 import openslide
-from _common import EXAMPLE_SLIDE, WORK, load, median, print_machine, table
+from _common import EXAMPLE_SLIDE, WORK, load, median, print_machine, table, wait_for_idle
 from PIL import Image
 from synthetic_slide import synthetic_slide
 
-from pathmllm.wsi import open_slide
 from pathmllm.wsi import export as pm_export
+from pathmllm.wsi import open_slide
 from pathmllm.wsi.pipeline import tile_slide
 from pathmllm.wsi.store import SlideStore
 from pathmllm.wsi.tiling import TilingConfig
@@ -164,7 +164,8 @@ def bench(case: Case, rounds: int, also: list[ModuleType]) -> list[Method]:
             assert n == len(case.coords)
             if m.label == "pathmllm workers=2" and r == 0:
                 check_pixels(case)
-        print(f"  round {r + 1}/{rounds} done (load {load()})", flush=True)
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{m.label} {m.seconds[-1]:.2f} s" for m in methods)
+              + f" (load average {load()})", flush=True)
     return methods
 
 
@@ -196,15 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, help="rounds per slide (default 5, --quick 2)")
     ap.add_argument("--limit", type=int, help="patches of the synthetic slide (default 2000, --quick 300)")
     ap.add_argument("--size", type=int, default=40000, help="side of the synthetic slide, px")
+    ap.add_argument("--wait-idle", type=float, metavar="MINUTES", default=0,
+                    help="first wait (up to MINUTES) for the load average to drop below 0.5")
     ap.add_argument("--also", type=Path, action="append", default=[],
                     help="another export.py to time with workers=2 (e.g. the previous version)")
     args = ap.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 5)
     limit = args.limit or (300 if args.quick else 2000)
     also = [load_module(p) for p in args.also]
-    print_machine()
     synthetic = synthetic_slide(args.size)
     cases = [prepare(EXAMPLE_SLIDE, None), prepare(synthetic, limit)]
+    if args.wait_idle:
+        wait_for_idle(0.5, 60 * args.wait_idle)
+    print_machine()
     rows: list[list[object]] = []
     summary = []
     for case in cases:

@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     info = write_synthetic_slide(out, args.width, height, tile=args.tile, mpp=args.mpp, quality=args.quality,
                                  seed=args.seed)
     print(f"wrote {info.path}: {info.width}x{info.height} px, tile {info.tile}, {info.mpp} µm/px")
-    print(f"  levels (downsample: size): "
+    print("  levels (downsample: size): "
           + ", ".join(f"{d}: {w}x{h}" for d, (w, h) in zip(info.level_downsamples, info.level_dimensions)))
     print(f"  {info.n_tiles} tiles written, {info.n_encoded} JPEG-encoded, "
           f"{100 * info.tissue_fraction:.1f}% of level-0 tiles hold tissue")

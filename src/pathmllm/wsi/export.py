@@ -22,10 +22,11 @@ import multiprocessing
 import os
 import tarfile
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
@@ -44,8 +45,8 @@ log = logging.getLogger(__name__)
 
 ImageFormat = Literal["png", "jpeg"]
 Container = Literal["folder", "tar", "zip"]
-CHUNK = 64  # most patches per work item
-MIN_CHUNK = 8  # fewest patches per work item (smaller ones balance the load, larger ones cost IPC)
+CHUNK = 32  # most patches per work item (the last ones keep only part of the workers busy)
+MIN_CHUNK = 8  # fewest patches per work item (each costs a round trip to a worker)
 #: backends that read one patch per call faster than a row of patches in one call
 PER_PATCH_BACKENDS = frozenset({"openslide"})
 
@@ -218,7 +219,7 @@ def export_patches(
     else:
         todo = coords
     n_workers = max(1, workers or os.cpu_count() or 1)
-    size = max(MIN_CHUNK, min(CHUNK, math.ceil(len(todo) / (8 * n_workers))))  # >= 8 items per worker
+    size = max(MIN_CHUNK, min(CHUNK, math.ceil(len(todo) / (8 * n_workers))))  # ~8 items per worker
     chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
     n_workers = min(n_workers, len(chunks) or 1)
     work_args = (plan, step, fmt, quality, name, folder)
@@ -254,19 +255,33 @@ def _mp_context() -> BaseContext:
 
 def _run_pool(slide: Slide, chunks: list[np.ndarray], work_args: tuple[Any, ...], n_workers: int,
               init: tuple[str, str, float | None], add: Any) -> int:
-    """Chunks through ``n_workers`` processes, in order. Until the first worker is up this
-    process reads chunks itself; if it finishes them all first, the pool is not waited for."""
+    """Chunks through ``n_workers`` processes, results in order.
+
+    The workers are started from a helper thread (a cold forkserver takes a moment), and
+    until the first is up this process reads chunks itself; if it finishes them all first,
+    the still-starting pool is left to exit on its own instead of being waited for.
+    """
     pool = ProcessPoolExecutor(n_workers, mp_context=_mp_context(), initializer=_worker_init, initargs=init)
+    started: list[Future[bool]] = []
+
+    def start() -> None:
+        try:
+            started.append(pool.submit(_ready))
+        except RuntimeError:  # shut down before it was needed
+            pass
+
+    starter = threading.Thread(target=start, name="pathmllm-export-start", daemon=True)
+    starter.start()
     wait = True
     try:
-        ready = pool.submit(_ready)
         written, i = 0, 0
-        while i < len(chunks) and not ready.done():
+        while i < len(chunks) and not (started and started[0].done()):
             written += _drain([_work_on(slide, chunks[i], *work_args)], add)
             i += 1
         if i == len(chunks):
-            wait = ready.done()  # workers still starting: let them exit on their own
+            wait = bool(started) and started[0].done()
             return written
+        starter.join()
         futures = [pool.submit(_work, c, *work_args) for c in chunks[i:]]
         return written + _drain((f.result() for f in futures), add)
     finally:

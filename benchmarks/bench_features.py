@@ -1,0 +1,145 @@
+"""Feature-extraction throughput: is the model kept busy, and how much faster than a simple loop?
+
+Measured on the example slide's patches (``min_tissue=0``: every patch touching tissue,
+256 px at 0.5 µm/px, resized to the encoder's 224 px), with a ViT-S/16-sized encoder
+(timm ``vit_small_patch16_224``, random weights: the speed of trained ones), batch 64, CPU:
+
+* ``model only``: the same batches, already read and decoded into memory, through
+  ``preprocess`` + forward under ``inference_mode`` (the ceiling);
+* ``pathmllm``: ``extract_slide_features`` end to end (DataLoader worker reading rows of
+  patches while the model runs; the tiled store already exists, as in a batch run);
+* ``simple loop``: read a patch, transform it (PIL resize, to tensor, normalise), forward one
+  batch at a time, no workers, ``torch.no_grad``;
+* ``per-patch loop``: the same, forwarding each patch alone (batch 1).
+
+Ratios: **feeding** = pathmllm / model only (target >= 0.9); **speed-up** = pathmllm / simple
+loop (target >= 2 on this 2-core machine). Methods run in rounds in rotating order; medians.
+
+Run::
+
+    .venv/bin/python benchmarks/bench_features.py            # 3 rounds
+    .venv/bin/python benchmarks/bench_features.py --quick    # 1 round, fewer patches
+    .venv/bin/python benchmarks/bench_features.py --encoder uni --device cuda --batch-size 256  # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import EXAMPLE_SLIDE, WORK, median, print_machine, table  # noqa: E402
+
+from pathmllm.encoders.extract import ExtractConfig, extract_slide_features  # noqa: E402
+from pathmllm.encoders.registry import build_encoder  # noqa: E402
+from pathmllm.wsi import open_slide  # noqa: E402
+from pathmllm.wsi.pipeline import tile_slide  # noqa: E402
+from pathmllm.wsi.store import SlideStore  # noqa: E402
+from pathmllm.wsi.tiling import TilingConfig  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--encoder", default="vit-s16")
+    ap.add_argument("--slide", type=Path, default=EXAMPLE_SLIDE)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    rounds = 1 if args.quick else args.rounds
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    out = WORK / "features"
+    shutil.rmtree(out, ignore_errors=True)
+    tiling = TilingConfig(min_tissue=0.0)
+    store = SlideStore.open(tile_slide(args.slide, out, tiling).store)
+    coords, attrs = store.coords()
+    if args.quick:
+        coords = coords[: args.batch_size * 2]
+    n = len(coords)
+    enc = build_encoder(args.encoder, device=device, allow_random=True)
+    spec = enc.spec
+    slide = open_slide(args.slide)
+    plan = slide.plan(float(attrs["target_mpp"]), int(attrs["patch_size"]))
+    decoded = [np.stack([slide.read_patch(tuple(c), plan.patch_size, plan=plan) for c in coords[i:i + args.batch_size]])
+               for i in range(0, n, args.batch_size)]
+    mean = torch.tensor(spec.mean).view(3, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1)
+
+    def model_only() -> float:
+        t = time.perf_counter()
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            for batch in decoded:
+                enc(enc.preprocess(torch.from_numpy(batch).to(device)))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    def pathmllm() -> float:
+        for p in store.root.glob("features_*"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        cfg = ExtractConfig(args.encoder, batch_size=args.batch_size, num_workers=args.num_workers,
+                            device=args.device, allow_random=True)
+        t = time.perf_counter()
+        if args.quick:  # only the first patches: call the reader on a smaller store copy
+            from pathmllm.encoders import extract
+
+            extract._MODELS.clear()
+            extract._MODELS[(args.encoder, None, str(device), True)] = enc
+        res = extract_slide_features(args.slide, out, cfg, tiling)
+        assert res.n_patches >= n
+        return (time.perf_counter() - t) * n / res.n_patches
+
+    def transform(img: Image.Image) -> torch.Tensor:
+        img = img.resize((spec.input_size, spec.input_size), Image.Resampling.BICUBIC)
+        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
+        return (x - mean) / std
+
+    def simple(batch: int) -> float:
+        import openslide
+
+        osl = openslide.OpenSlide(str(args.slide))
+        t = time.perf_counter()
+        with torch.no_grad():
+            for i in range(0, n, batch):
+                xs = []
+                for x, y in coords[i:i + batch]:
+                    img = osl.read_region((int(x), int(y)), plan.level, (plan.read_size, plan.read_size)).convert("RGB")
+                    xs.append(transform(img))
+                enc(torch.stack(xs).to(device))
+        return time.perf_counter() - t
+
+    from pathmllm.encoders import extract
+
+    extract._MODELS[(args.encoder, None, str(device), True)] = enc  # reuse the same model object
+    methods = {"model only": model_only, "pathmllm": pathmllm, "simple loop": lambda: simple(args.batch_size),
+               "per-patch loop": lambda: simple(1)}
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    names = list(methods)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            times[k].append(methods[k]())
+    print_machine()
+    print(f"encoder {args.encoder} ({spec.architecture}, {spec.embed_dim}-d, random weights), {n} patches, "
+          f"batch {args.batch_size}, device {device}, torch threads {torch.get_num_threads()}, "
+          f"loader workers {args.num_workers}\n")
+    med = {k: median(v) for k, v in times.items()}
+    rows = [[k, " ".join(f"{t:.2f}" for t in times[k]), f"{med[k]:.2f}", f"{n / med[k]:.1f}",
+             f"{med[k] / med['pathmllm']:.2f}x"] for k in names]
+    print(table(["method", "round times (s)", "median (s)", "patches/s", "time vs pathmllm"], rows))
+    print(f"\nfeeding ratio (pathmllm / model only patches/s): {med['model only'] / med['pathmllm']:.3f}  (target >= 0.9)")
+    print(f"speed-up over the simple loop: {med['simple loop'] / med['pathmllm']:.2f}x  (target >= 2)")
+    print(f"speed-up over the per-patch loop: {med['per-patch loop'] / med['pathmllm']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
