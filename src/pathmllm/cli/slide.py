@@ -106,6 +106,26 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _tiling(target_mpp: float, patch_size: int, min_tissue: float, region_size: int, overlap: int = 0) -> Any:
+    """The TilingConfig of the command's options; a bad value exits with code 2."""
+    from pathmllm.wsi.tiling import TilingConfig
+
+    try:
+        return TilingConfig(target_mpp=target_mpp, patch_size=patch_size, overlap=overlap,
+                            min_tissue=min_tissue, region_size=region_size)
+    except ValueError as exc:
+        _fail(str(exc), code=2)
+
+
+def _layouts(layout: list[str] | None) -> tuple[str, ...]:
+    from pathmllm.wsi.pipeline import LAYOUTS
+
+    for lay in layout or []:
+        if lay not in LAYOUTS:
+            _fail(f"--layout {lay!r}: choose from {', '.join(LAYOUTS)}", code=2)
+    return tuple(layout or ())
+
+
 def _discover(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
     from pathmllm.wsi.discover import find_slides
 
@@ -199,20 +219,13 @@ def tile(
     Writes OUT/<slide>/<mpp>mpp_<size>px/ per slide, plus OUT/summary.json and OUT/errors.json.
     Exit code 1 if any slide failed, 2 if no slide was found.
     """
-    from pathmllm.wsi.pipeline import LAYOUTS, tile_slide
-    from pathmllm.wsi.tiling import TilingConfig
+    from pathmllm.wsi.pipeline import tile_slide
 
-    for lay in layout or []:
-        if lay not in LAYOUTS:
-            _fail(f"--layout {lay!r}: choose from {', '.join(LAYOUTS)}", code=2)
-    try:
-        cfg = TilingConfig(target_mpp=target_mpp, patch_size=patch_size, overlap=overlap,
-                           min_tissue=min_tissue, region_size=region_size)
-    except ValueError as exc:
-        _fail(str(exc), code=2)
+    layouts = _layouts(layout)
+    cfg = _tiling(target_mpp, patch_size, min_tissue, region_size, overlap)
     slides, problems = _discover(inputs)
     kwargs = {"out": str(out), "config": cfg, "backend": backend.value, "mpp": mpp,
-              "layouts": tuple(layout or ()), "force": force}
+              "layouts": layouts, "force": force}
     _run("tiling", slides, problems, tile_slide, kwargs, engine, workers, ray_address, out, as_json)
 
 
@@ -240,13 +253,8 @@ def export_patches(
     Output: OUT/<slide>/<setting>/patches/ or patches.tar / patches.zip.
     """
     from pathmllm.wsi.pipeline import tile_and_export
-    from pathmllm.wsi.tiling import TilingConfig
 
-    try:
-        cfg = TilingConfig(target_mpp=target_mpp, patch_size=patch_size, overlap=overlap,
-                           min_tissue=min_tissue, region_size=region_size)
-    except ValueError as exc:
-        _fail(str(exc), code=2)
+    cfg = _tiling(target_mpp, patch_size, min_tissue, region_size, overlap)
     slides, problems = _discover(inputs)
     # patches of one slide are read in parallel; with Ray, each slide is one task
     per_slide_workers = workers if engine == Engine.local else 1
@@ -280,13 +288,11 @@ def cells(
     Writes cells.parquet, cells_per_patch.parquet, cells.geojson (QuPath cells) and overlays
     into each slide's store OUT/<slide>/<setting>/.
     """
+    from pathmllm.cells.base import segmenter_class
     from pathmllm.cells.slide import CellConfig, segment_slide
-    from pathmllm.wsi.tiling import TilingConfig
 
+    tcfg = _tiling(target_mpp, patch_size, min_tissue, region_size)
     try:
-        tcfg = TilingConfig(target_mpp=target_mpp, patch_size=patch_size, min_tissue=min_tissue, region_size=region_size)
-        from pathmllm.cells.base import segmenter_class
-
         segmenter_class(segmenter)
     except ValueError as exc:
         _fail(str(exc), code=2)
@@ -331,27 +337,22 @@ def features(
     Writes features_<encoder>.h5 (TRIDENT layout plus region and slide means) into each store.
     """
     from pathmllm.encoders.extract import ExtractConfig, extract_slide_features
-    from pathmllm.wsi.pipeline import LAYOUTS
-    from pathmllm.wsi.tiling import TilingConfig
+    from pathmllm.encoders.registry import encoder_spec
 
-    for lay in layout or []:
-        if lay not in LAYOUTS:
-            _fail(f"--layout {lay!r}: choose from {', '.join(LAYOUTS)}", code=2)
+    layouts = _layouts(layout)
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         _fail(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16", code=2)
     try:
-        from pathmllm.encoders.registry import encoder_spec
-
         encoder_spec(encoder)
-        tcfg = TilingConfig(target_mpp=target_mpp, patch_size=patch_size, min_tissue=min_tissue, region_size=region_size)
     except (KeyError, ValueError) as exc:
         _fail(str(exc).strip("'\""), code=2)
+    tcfg = _tiling(target_mpp, patch_size, min_tissue, region_size)
     ecfg = ExtractConfig(encoder=encoder, weights=str(weights) if weights else None, batch_size=batch_size,
                          num_workers=num_workers, device=device, precision=precision,  # type: ignore[arg-type]
                          allow_random=random_weights)
     slides, problems = _discover(inputs)
     kwargs = {"out": str(out), "config": ecfg, "tiling": tcfg, "backend": backend.value, "mpp": mpp,
-              "layouts": tuple(layout or ()), "force": force}
+              "layouts": layouts, "force": force}
     ray_options = {"num_gpus": 1} if engine == Engine.ray and device != "cpu" else None
     _run("features", slides, problems, extract_slide_features, kwargs, engine,
          1 if engine == Engine.local else workers, ray_address, out, as_json, ray_options)
