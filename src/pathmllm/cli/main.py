@@ -11,6 +11,7 @@ from pathmllm import __version__
 from pathmllm.cli import embed as embed_cmd
 from pathmllm.cli import models as models_cmd
 from pathmllm.cli import slide as slide_cmd
+from pathmllm.cli import train as train_cmd
 
 app = typer.Typer(
     name="pathmllm",
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(slide_cmd.app, name="slide")
 app.add_typer(models_cmd.app, name="models")
+app.add_typer(train_cmd.app, name="train")
 app.command("embed-patches")(embed_cmd.embed_patches)
 
 
