@@ -56,10 +56,15 @@ def check_rgb(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def load_builtin_backends() -> None:
-    """Import the built-in backends so they register ("unet"-style ones need torch)."""
+def load_builtin_backends(name: str | None = None) -> None:
+    """Import the built-in backends so they register; stop as soon as ``name`` is there.
+
+    The network backend imports torch (a second or more), so a watershed-only run never pays it.
+    """
     from pathmllm.cells import watershed  # noqa: F401
 
+    if name is not None and name in SEGMENTERS:
+        return
     try:
         from pathmllm.cells import network  # noqa: F401
     except ImportError as exc:  # torch missing: the network backend is simply not offered
@@ -85,7 +90,8 @@ def segmenter_class(name: str) -> type[NucleusSegmenter]:
         if not (isinstance(cls, type) and issubclass(cls, NucleusSegmenter)):
             raise ValueError(f"{name!r} is not a NucleusSegmenter subclass")
         return cls
-    load_builtin_backends()
+    if name not in SEGMENTERS:
+        load_builtin_backends(name)
     if name not in SEGMENTERS:
         raise ValueError(
             f"unknown cell backend {name!r}; known: {', '.join(SEGMENTERS.names())} "
