@@ -139,3 +139,32 @@ def test_pool_feature_map_is_an_area_weighted_mean() -> None:
     pooled = pool_feature_map(fmap, labels)
     np.testing.assert_allclose(pooled[0], fmap[:, 0, 0])
     np.testing.assert_allclose(pooled[1], (fmap[:, 1, 0] + fmap[:, 1, 1]) / 2)
+
+
+def test_cell_features_agree_with_regionprops() -> None:
+    """The vectorised features against scikit-image's per-region computation."""
+    from skimage.measure import label, regionprops
+
+    from pathmllm.cells.features import cell_features
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:120, 0:160]
+    labels = np.zeros((120, 160), np.int32)
+    for i in range(12):
+        cy, cx, a, b = rng.uniform(15, 105), rng.uniform(15, 145), rng.uniform(3, 9), rng.uniform(3, 9)
+        labels[((yy - cy) / a) ** 2 + ((xx - cx) / b) ** 2 <= 1] = i + 1
+    labels = label(labels > 0).astype(np.int32)
+    rgb = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    f = cell_features(labels, rgb, mpp=0.5, origin=(100.0, 200.0), scale=2.0)
+    from pathmllm.cells.features import stain_densities
+
+    h_od, _ = stain_densities(rgb)
+    for i, r in enumerate(regionprops(labels, intensity_image=h_od)):
+        assert f["label"][i] == r.label
+        assert f["area_um2"][i] == pytest.approx(r.area * 0.25)
+        assert f["x"][i] == pytest.approx(100 + (r.centroid[1] + 0.5) * 2)
+        assert f["y"][i] == pytest.approx(200 + (r.centroid[0] + 0.5) * 2)
+        assert f["eccentricity"][i] == pytest.approx(r.eccentricity, abs=1e-6)
+        assert f["hematoxylin_od"][i] == pytest.approx(r.intensity_mean, rel=1e-5)
+        assert f["solidity"][i] == pytest.approx(r.solidity, abs=0.08)  # outline vs pixel hull
+        assert f["perimeter_um"][i] == pytest.approx(r.perimeter * 0.5, rel=0.15)

@@ -105,7 +105,7 @@ def _segment_chunk(job: dict[str, Any]) -> dict[str, Any]:
     from skimage.segmentation import expand_labels
 
     from pathmllm.cells.annotations import label_polygons
-    from pathmllm.cells.features import cell_features
+    from pathmllm.cells.features import cell_features, centroids
 
     slide: Slide = _STATE["slide"]
     seg = _STATE["segmenter"]
@@ -127,16 +127,18 @@ def _segment_chunk(job: dict[str, Any]) -> dict[str, Any]:
         if labels.max(initial=0) == 0:
             continue
         origin = (float(xy[0]) - margin * ds, float(xy[1]) - margin * ds)
-        feats = cell_features(labels, rgb, mpp_t, origin=origin, scale=ds)
-        cx = (feats["x"] - origin[0]) / ds
-        cy = (feats["y"] - origin[1]) / ds
-        core = (cx >= margin) & (cx < margin + ps) & (cy >= margin) & (cy < margin + ps)
-        if not core.any():
+        # a nucleus belongs to the patch that holds its centroid (pixel centres at +0.5)
+        ids, rows, cols = centroids(labels)
+        in_core = ((cols + 0.5 >= margin) & (cols + 0.5 < margin + ps)
+                   & (rows + 0.5 >= margin) & (rows + 0.5 < margin + ps))
+        keep_ids = ids[in_core]
+        if len(keep_ids) == 0:
             continue
-        keep_labels = set(feats["label"][core].tolist())
+        nuc_polys = label_polygons(np.where(np.isin(labels, keep_ids), labels, 0))
+        feats = cell_features(labels, rgb, mpp_t, origin=origin, scale=ds, keep=keep_ids, polygons=nuc_polys)
+        core = np.ones(len(feats["label"]), dtype=bool)
         cells = expand_labels(labels, grow) if grow else labels
-        nuc_polys = label_polygons(np.where(np.isin(labels, list(keep_labels)), labels, 0))
-        cell_polys = label_polygons(np.where(np.isin(cells, list(keep_labels)), cells, 0))
+        cell_polys = label_polygons(np.where(np.isin(cells, keep_ids), cells, 0))
         for i in np.nonzero(core)[0]:
             lab = int(feats["label"][i])
             nuc = nuc_polys.get(lab)

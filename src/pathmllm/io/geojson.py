@@ -47,20 +47,14 @@ def polygonal(geom: BaseGeometry) -> Polygon | MultiPolygon | None:
     return parts[0] if len(parts) == 1 else MultiPolygon(parts)
 
 
-def _round(obj: Any, ndigits: int = 2) -> Any:
-    if isinstance(obj, float):
-        return round(obj, ndigits)
-    if isinstance(obj, (list, tuple)):
-        return [_round(v, ndigits) for v in obj]
-    return obj
-
-
 def geometry_json(geom: BaseGeometry) -> dict[str, Any]:
     """A GeoJSON geometry dict with coordinates rounded to 0.01 px (QuPath's grid)."""
+    import shapely
+
     if geom.geom_type not in _ALLOWED:
         raise ValueError(f"{geom.geom_type} cannot be imported by QuPath v0.6+; explode it first")
-    g = mapping(geom)
-    return {"type": g["type"], "coordinates": _round(g["coordinates"])}
+    g = mapping(shapely.transform(geom, lambda xy: xy.round(2)))
+    return {"type": g["type"], "coordinates": g["coordinates"]}
 
 
 def _finite_measurements(measurements: Mapping[str, Any] | None) -> dict[str, float]:
