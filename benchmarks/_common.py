@@ -81,13 +81,31 @@ def print_machine() -> None:
     print("machine: " + ", ".join(f"{k} {v}" for k, v in m.items()))
 
 
-def wait_for_idle(max_load: float, timeout_s: float) -> bool:
-    """Wait until the 1-minute load average drops below ``max_load`` (other jobs on a shared
-    machine take the cores a parallel run needs); False if it did not within ``timeout_s``."""
+def cpu_busy(seconds: float = 3.0) -> float:
+    """Fraction of all cores busy over the next ``seconds`` (from /proc/stat; 1-minute load
+    average divided by the core count where there is none)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+        return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+    except OSError:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+
+
+def wait_for_idle(max_busy: float, timeout_s: float) -> bool:
+    """Wait until less than ``max_busy`` of the cores are in use (other jobs on a shared machine
+    take the cores a parallel run needs); False if that did not happen within ``timeout_s``."""
     t0 = time.monotonic()
-    while os.getloadavg()[0] >= max_load:
+    while (busy := cpu_busy()) >= max_busy:
         if time.monotonic() - t0 > timeout_s:
-            print(f"load average still {load()} after {timeout_s:.0f} s; running anyway", flush=True)
+            print(f"cores still {100 * busy:.0f}% busy after {timeout_s:.0f} s; running anyway", flush=True)
             return False
-        time.sleep(10)
+        time.sleep(5)
     return True

@@ -22,8 +22,9 @@ Exported files are checked to hold the naive loop's pixels and ``Slide.read_patc
 
 Run::
 
-    .venv/bin/python benchmarks/bench_export.py            # full: 5 rounds, 2000 patches
-    .venv/bin/python benchmarks/bench_export.py --quick    # 2 rounds, 300 patches (~1 min)
+    .venv/bin/python benchmarks/bench_export.py            # full: 2000 patches, 3 rounds (~5 min)
+    .venv/bin/python benchmarks/bench_export.py --quick    # 300 patches, 2 rounds (~1 min)
+    .venv/bin/python benchmarks/bench_export.py --wait-idle 20   # wait for a quiet machine first
     # compare with another version of export.py (e.g. before a change):
     git show HEAD:src/pathmllm/wsi/export.py > benchmarks/_work/export_head.py
     .venv/bin/python benchmarks/bench_export.py --also benchmarks/_work/export_head.py
@@ -193,30 +194,32 @@ def load_module(path: Path) -> ModuleType:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="2 rounds, 300 synthetic patches")
-    ap.add_argument("--rounds", type=int, help="rounds per slide (default 5, --quick 2)")
+    ap.add_argument("--quick", action="store_true", help="300 synthetic patches, 2 rounds")
+    ap.add_argument("--rounds", type=int,
+                    help="rounds on the synthetic slide (default 3, --quick 2); the example slide, "
+                         "under a second a run, gets 3 times as many")
     ap.add_argument("--limit", type=int, help="patches of the synthetic slide (default 2000, --quick 300)")
     ap.add_argument("--size", type=int, default=40000, help="side of the synthetic slide, px")
     ap.add_argument("--wait-idle", type=float, metavar="MINUTES", default=0,
-                    help="first wait (up to MINUTES) for the load average to drop below 0.5")
+                    help="first wait (up to MINUTES) until under 10%% of the cores are busy")
     ap.add_argument("--also", type=Path, action="append", default=[],
                     help="another export.py to time with workers=2 (e.g. the previous version)")
     args = ap.parse_args(argv)
-    rounds = args.rounds or (2 if args.quick else 5)
+    rounds = args.rounds or (2 if args.quick else 3)
     limit = args.limit or (300 if args.quick else 2000)
     also = [load_module(p) for p in args.also]
     synthetic = synthetic_slide(args.size)
     cases = [prepare(EXAMPLE_SLIDE, None), prepare(synthetic, limit)]
     if args.wait_idle:
-        wait_for_idle(0.5, 60 * args.wait_idle)
+        wait_for_idle(0.1, 60 * args.wait_idle)
     print_machine()
     rows: list[list[object]] = []
     summary = []
-    for case in cases:
+    for case, n_rounds in zip(cases, (3 * rounds, rounds)):
         print(f"{case.label}: {len(case.coords)} patches, read {case.read_size} px at level {case.level}"
               f"{'' if case.read_size == case.patch_size else f', resized to {case.patch_size} px'}; "
-              f"{rounds} rounds", flush=True)
-        methods = bench(case, rounds, also)
+              f"{n_rounds} rounds", flush=True)
+        methods = bench(case, n_rounds, also)
         case_rows, ratio = report(case, methods)
         rows += case_rows
         summary.append((case.label, ratio))

@@ -6,12 +6,14 @@ reduced levels at downsample 4, 16, ...), one fresh child process runs
     pathmllm slide tile SLIDE --out OUT --workers 1 --force --json
 
 (tissue detection, thumbnail, patch grid at 0.5 µm/px / 256 px, coords.h5, regions,
-overlay), and the parent reads that child's peak resident memory from ``os.wait4`` (the
-kernel's ``ru_maxrss`` of exactly that process; ``--workers 1`` keeps the work in it).
-Each child is alone, so the numbers do not mix. Also reported: wall time, patches, and the
-same peak for ``pathmllm slide info SLIDE`` (start-up, imports and opening the slide), so
-the part that tiling adds is visible. ``--trace`` also samples the child's memory every
-20 ms to show which stage peaks.
+overlay). A minimal launcher interpreter starts it and reads its peak resident memory with
+``os.wait4`` (the kernel's ``ru_maxrss`` of exactly that process; ``--workers 1`` keeps the
+work in it). The launcher matters: a child's ``ru_maxrss`` starts at the RSS of the process
+that forked it, so forking from this benchmark (hundreds of MB after writing a slide) would
+inflate the numbers. Each child runs alone, so the numbers do not mix. Also reported: wall
+time, patches, and the same peak for ``pathmllm slide info SLIDE`` (start-up, imports and
+opening the slide), so the part that tiling adds is visible. ``--trace`` also samples the
+child's memory every 20 ms to show when it peaks.
 
 Run::
 

@@ -145,6 +145,15 @@ def test_tiled_inference_equals_one_pass() -> None:
     torch.testing.assert_close(tiled, one, atol=1e-5, rtol=1e-5)
 
 
+def test_flip_tta_keeps_an_equivariant_output() -> None:
+    model = _Local(TINY)
+    img = torch.rand(3, 40, 56) * 255
+    plain = predict_maps(model, [img], InferenceConfig(tile_size=64, overlap=0))[0]
+    tta = predict_maps(model, [img], InferenceConfig(tile_size=64, overlap=0, tta=True))[0]
+    assert tta.shape == plain.shape
+    torch.testing.assert_close(tta[[0, 3]], plain[[0, 3]])
+
+
 def test_segment_shapes_dtype_and_batch() -> None:
     seg = tiny_backend(inference={"tile_size": 64, "overlap": 16, "batch_size": 2})
     imgs = [he_like(discs((70, 90), [(30, 30, 9)])), he_like(discs((50, 40), [(20, 20, 6)]))]

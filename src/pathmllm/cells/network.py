@@ -9,13 +9,14 @@ default 0.5 µm/px, i.e. 20x):
 - channel 3: distance to the nucleus border, normalised to [0, 1] per nucleus (logit).
 
 Post-processing (:func:`postprocess`) turns the maps into instances with a marker-controlled
-watershed: markers are the cores where the predicted border distance is high *and* the
-horizontal/vertical maps are smooth (their gradient jumps where two nuclei touch), the
-landscape is the predicted border distance, and the mask is the foreground.
+watershed: markers are the peaks (h-maxima) of the smoothed border-distance map, the
+landscape is that map, and the mask is the thresholded foreground. The h/v maps are
+auxiliary training targets (HoVer-Net's supervision); using their gradients to split
+markers, as HoVer-Net does, did not help on MoNuSeg (docs/cells-training.md).
 
 The backend registered here, ``"hovernet-lite"``::
 
-    seg = build_segmenter("hovernet-lite", weights="runs/cells-monuseg/model.pt")
+    seg = build_segmenter("hovernet-lite", weights="out/cells-monuseg/model.pt")
     labels = seg.segment(rgb, mpp=0.25)          # (H, W) int32
 
 Checkpoints are ``torch.save`` dicts of plain types and tensors (loaded with
@@ -60,7 +61,7 @@ class CheckpointError(ValueError):
 class UNetConfig:
     """Shape of the network and the resolution it works at."""
 
-    base_channels: int = 16
+    base_channels: int = 12
     """Channels of the first (full-resolution) level; each deeper level doubles them."""
     depth: int = 4
     """Number of 2x down-samplings; inputs are padded to a multiple of ``2**depth``."""
@@ -80,13 +81,19 @@ class PostprocessConfig:
 
     fg_threshold: float = 0.5
     """Foreground probability above which a pixel belongs to a nucleus."""
-    marker_threshold: float = 0.4
-    """Predicted border distance (0 at the border, 1 at the centre) above which a pixel is a marker."""
-    hv_edge_threshold: float = 0.3
-    """Gradient of the horizontal/vertical maps (per network pixel) above which a pixel lies
-    between two nuclei and cannot be a marker; <= 0 disables this cue."""
+    marker_method: str = "hmaxima"
+    """How nucleus markers are found in the (smoothed) border-distance map: ``hmaxima``
+    (regional maxima at least ``marker_h`` above their surroundings) or ``threshold``
+    (connected regions above ``marker_threshold``)."""
+    marker_h: float = 0.05
+    """``hmaxima``: how far (in border-distance units, 0-1) a peak must rise above the saddle
+    to a neighbouring peak to count as its own nucleus."""
+    marker_min: float = 0.2
+    """``hmaxima``: peaks lower than this are not markers."""
+    marker_threshold: float = 0.45
+    """``threshold``: border distance above which a pixel is part of a marker."""
     smooth_sigma: float = 1.0
-    """Gaussian sigma (network pixels) applied to the maps before taking gradients."""
+    """Gaussian sigma (network pixels) applied to the border-distance map first."""
     min_area_um2: float = 3.0
     """Instances (and markers) smaller than this many µm² are dropped (3 µm² ≈ 48 px at 40x)."""
     fill_holes: bool = True
@@ -107,6 +114,8 @@ class InferenceConfig:
     """Overlap between neighbouring tiles in network pixels; outputs are blended over it."""
     batch_size: int = 4
     """Tiles per forward pass."""
+    tta: bool = False
+    """Test-time augmentation: average the maps over the 4 flips (4x the compute)."""
 
 
 def _from_dict(cls: type, d: dict[str, Any]) -> Any:
@@ -211,14 +220,15 @@ def target_maps(labels: np.ndarray) -> np.ndarray:
 def postprocess(maps: np.ndarray, mpp: float, net_mpp: float, config: PostprocessConfig | None = None) -> np.ndarray:
     """Instances ``(H, W)`` int32 from activated maps ``(4, H, W)`` at ``mpp`` µm/px.
 
-    ``net_mpp`` is the network's working µm/px: gradients and smoothing are measured in
-    network pixels, so thresholds do not depend on the size the maps were resampled to.
+    ``net_mpp`` is the network's working µm/px: smoothing is measured in network pixels and
+    areas in µm², so the result does not depend on the size the maps were resampled to.
+    Only the foreground and border-distance maps are used; h/v are auxiliary training targets.
     """
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
     cfg = config or PostprocessConfig()
-    fg_p, h, v, dist = (np.asarray(m, dtype=np.float32) for m in maps)
+    fg_p, dist = np.asarray(maps[0], dtype=np.float32), np.asarray(maps[3], dtype=np.float32)
     scale = net_mpp / mpp  # input pixels per network pixel
     min_px = max(int(round(cfg.min_area_um2 / (mpp * mpp))), 1)
     fg = fg_p > cfg.fg_threshold
@@ -228,16 +238,18 @@ def postprocess(maps: np.ndarray, mpp: float, net_mpp: float, config: Postproces
     sigma = cfg.smooth_sigma * scale
     if sigma > 0:
         dist = ndi.gaussian_filter(dist, sigma)
-    marker_mask = fg & (dist > cfg.marker_threshold)
-    if cfg.hv_edge_threshold > 0:
-        hs = ndi.gaussian_filter(h, sigma) if sigma > 0 else h
-        vs = ndi.gaussian_filter(v, sigma) if sigma > 0 else v
-        # gradient per network pixel: inside a nucleus h/v rise by ~2/diameter per pixel,
-        # between two touching nuclei they jump from +1 to -1
-        edge = np.maximum(np.abs(ndi.sobel(hs, axis=1)), np.abs(ndi.sobel(vs, axis=0))) * (scale / 8.0)
-        marker_mask &= edge < cfg.hv_edge_threshold
-    markers, _ = ndi.label(marker_mask)
-    markers = _drop_small(markers, max(min_px // 8, 1))
+    if cfg.marker_method == "hmaxima":
+        from skimage.morphology import h_maxima
+
+        # on a 0.01 grid: exact enough, and skimage's h_maxima is fast and robust on integers
+        q = np.clip(np.round(dist * 100), 0, 100).astype(np.uint8)
+        peaks = h_maxima(q, max(int(round(cfg.marker_h * 100)), 1)) > 0
+        markers, _ = ndi.label(peaks & fg & (dist > cfg.marker_min))
+    elif cfg.marker_method == "threshold":
+        markers, _ = ndi.label(fg & (dist > cfg.marker_threshold))
+        markers = _drop_small(markers, max(min_px // 8, 1))
+    else:
+        raise ValueError(f"postprocess.marker_method {cfg.marker_method!r}: choose hmaxima or threshold")
     labels = watershed(-dist, markers=markers, mask=fg)
     # foreground blobs that got no marker become one instance each
     rest, n_rest = ndi.label(fg & (labels == 0))
@@ -353,7 +365,7 @@ def predict_maps(
         for k in range(0, len(sel), bs):
             chunk = sel[k : k + bs]
             x = torch.stack([padded[i][:, y : y + t, xx : xx + t] for i, y, xx in chunk]).to(device)
-            out = activate(model(normalise(x)).float()).cpu()
+            out = _forward(model, normalise(x), infer.tta).cpu()
             win = windows[t]
             for (i, y, xx), o in zip(chunk, out, strict=True):
                 acc[i][:, y : y + t, xx : xx + t] += o * win
@@ -364,6 +376,24 @@ def predict_maps(
         res = acc[i] / wsum[i].clamp_min(1e-6)
         results.append(res[:, top : top + h, left : left + w])
     return results
+
+
+def _forward(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    """Activated maps, optionally averaged over flips (h changes sign with a left-right flip,
+    v with an up-down flip)."""
+    if not tta:
+        return activate(model(x).float())
+    acc = torch.zeros(x.shape[0], N_OUTPUTS, *x.shape[-2:], device=x.device)
+    for dims in ((), (-1,), (-2,), (-2, -1)):
+        xx = x.flip(dims) if dims else x
+        o = activate(model(xx).float())
+        o = o.flip(dims) if dims else o
+        if -1 in dims:
+            o[:, 1] = -o[:, 1]
+        if -2 in dims:
+            o[:, 2] = -o[:, 2]
+        acc += o
+    return acc / 4
 
 
 def _ceil_to(n: int, m: int) -> int:
@@ -434,7 +464,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(
             f"{path}: no such weights file; expected a checkpoint written by `pathmllm train cells` "
-            "(e.g. runs/cells-monuseg/model.pt)"
+            "(e.g. out/cells-monuseg/model.pt)"
         )
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; expected a checkpoint file such as {path / 'model.pt'}")

@@ -11,6 +11,11 @@ import typer
 app = typer.Typer(help="Train models from a YAML recipe.", no_args_is_help=True)
 
 
+@app.callback()
+def train_group() -> None:
+    """Train models from a YAML recipe (config fields can be overridden as key.path=value)."""
+
+
 def _fail(message: str, code: int = 1) -> None:
     from rich.console import Console
 
@@ -22,7 +27,7 @@ def _fail(message: str, code: int = 1) -> None:
 def cells(
     overrides: Annotated[
         Optional[list[str]],  # noqa: UP045
-        typer.Argument(help="Config overrides as key.path=value, e.g. optim.steps=500 out=runs/try2."),
+        typer.Argument(help="Config overrides as key.path=value, e.g. optim.steps=500 out=out/try2."),
     ] = None,
     config: Annotated[
         Optional[Path],  # noqa: UP045

@@ -75,19 +75,22 @@ class AugmentConfig:
     """Crop side in network pixels (a multiple of ``2**model.depth``)."""
     flips: bool = True
     """Random horizontal/vertical flips and 90° rotations (h/v targets are transformed with them)."""
-    stain_jitter: float = 0.1
+    stain_jitter: float = 0.15
     """Per-channel optical-density scale jitter, ±fraction (HED-style colour augmentation)."""
     stain_shift: float = 0.05
     """Per-channel optical-density additive jitter, ±."""
     brightness: float = 0.1
     """Brightness/contrast jitter, ±fraction."""
+    scale: float = 0.25
+    """Random zoom: crops are resampled by a factor in [1/(1+scale), 1+scale] (log-uniform),
+    so the network sees nuclei of more sizes (0: off)."""
 
 
 @dataclass
 class OptimConfig:
     """Optimiser and schedule."""
 
-    steps: int = 2000
+    steps: int = 800
     """Optimiser steps."""
     batch_size: int = 8
     """Crops per step."""
@@ -123,7 +126,7 @@ class LossConfig:
 class TrainCellsConfig:
     """Everything a ``pathmllm train cells`` run needs; the YAML file mirrors it."""
 
-    out: str = "runs/cells-monuseg"
+    out: str = "out/cells-monuseg"
     """Output folder (config, log, checkpoints, final weights, metrics)."""
     seed: int = 0
     """Seed of every random generator (torch, numpy, python)."""
@@ -169,20 +172,56 @@ class TrainCellsConfig:
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    import typing
+
     if not isinstance(data, dict):
         raise ValueError(f"{where or 'config'}: expected a mapping, got {type(data).__name__} {data!r}")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ValueError(f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
     kwargs = {}
     for name, value in data.items():
-        default = getattr(cls(), name) if name in known else None
+        key = f"{where}.{name}".lstrip(".")
+        default = getattr(defaults, name)
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value or {}, f"{where}.{name}".lstrip("."))
+            kwargs[name] = _build(type(default), value or {}, key)
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, hints[name], key)
     return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check a scalar against its field type; numbers written as strings (YAML reads ``1e-3``
+    as a string) and ints given for floats are converted."""
+    import types
+    import typing
+
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return [str(v) for v in value]
+    try:
+        if hint is float and not isinstance(value, bool):
+            return float(value)
+        if hint is int and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}: expected {hint.__name__}, got {value!r}") from None
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"{key}: expected true or false, got {value!r}")
+    if hint is str and not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string, got {value!r}")
+    return value
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainCellsConfig:
@@ -310,16 +349,32 @@ def sample_batch(
         d = data[int(rng.choice(len(data), p=areas / areas.sum()))]
         _, h, w = d.image.shape
         img, tgt = d.image, d.targets
-        if h < c or w < c:  # pad small images (reflect) up to the crop
-            ph, pw = max(c - h, 0), max(c - w, 0)
+        cs = c
+        if cfg.scale > 0:  # source crop side; > c zooms out (nuclei look smaller)
+            cs = int(round(c * math.exp(rng.uniform(-1, 1) * math.log1p(cfg.scale))))
+        if h < cs or w < cs:  # pad small images (reflect) up to the crop
+            ph, pw = max(cs - h, 0), max(cs - w, 0)
             img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode="reflect")
             tgt = np.pad(tgt, ((0, 0), (0, ph), (0, pw)), mode="constant")
             h, w = img.shape[1:]
-        y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
-        im, tg = augment_pair(img[:, y : y + c, x : x + c], tgt[:, y : y + c, x : x + c], rng, cfg)
+        y, x = int(rng.integers(h - cs + 1)), int(rng.integers(w - cs + 1))
+        img, tgt = img[:, y : y + cs, x : x + cs], tgt[:, y : y + cs, x : x + cs]
+        if cs != c:
+            img, tgt = _zoom(img, c), _zoom(tgt, c)
+        im, tg = augment_pair(img, tgt, rng, cfg)
         xs.append(im)
         ys.append(tg)
     return np.stack(xs), np.stack(ys)
+
+
+def _zoom(arr: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resampling of ``(C, h, w)`` to ``(C, size, size)``; h/v and border-distance
+    targets are per-nucleus normalised, so they stay valid (foreground becomes soft at edges)."""
+    import torch
+
+    from pathmllm.cells.network import resample
+
+    return resample(torch.from_numpy(np.ascontiguousarray(arr)), (size, size)).numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,6 +526,7 @@ def train(cfg: TrainCellsConfig, resume: bool = False, overwrite: bool = False) 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     step = 0
     elapsed = 0.0  # training seconds of earlier sessions of this run
+    cpu_elapsed = 0.0  # CPU seconds (all threads) of earlier sessions
     if resume:
         ckpt = read_checkpoint(ckpt_path)
         load_state(model, ckpt["state_dict"], str(ckpt_path))
@@ -479,6 +535,7 @@ def train(cfg: TrainCellsConfig, resume: bool = False, overwrite: bool = False) 
         opt.load_state_dict(ckpt["optimizer"])
         step = int(ckpt["step"])
         elapsed = float(ckpt.get("train_seconds", 0.0))
+        cpu_elapsed = float(ckpt.get("cpu_seconds", 0.0))
         _set_rng_state(rng, ckpt["rng"])
         _truncate_log(log_path, step)
         log.info("resumed from %s at step %d", ckpt_path, step)
@@ -486,11 +543,13 @@ def train(cfg: TrainCellsConfig, resume: bool = False, overwrite: bool = False) 
     autocast = cfg.bf16 and device.type in ("cpu", "cuda")
     last_log: list[dict[str, float]] = []
     session_start = time.perf_counter()
+    cpu_start = time.process_time()
 
     def save_training_checkpoint() -> None:
         save_checkpoint(
             ckpt_path, model, cfg.postprocess, optimizer=opt.state_dict(), step=step, rng=_rng_state(rng),
-            train_seconds=elapsed + time.perf_counter() - session_start, config=config_to_dict(cfg),
+            train_seconds=elapsed + time.perf_counter() - session_start,
+            cpu_seconds=cpu_elapsed + time.process_time() - cpu_start, config=config_to_dict(cfg),
         )
 
     stopped_early = False
@@ -517,7 +576,8 @@ def train(cfg: TrainCellsConfig, resume: bool = False, overwrite: bool = False) 
             opt.step()
             step += 1
             rec = {"step": step, "loss": float(loss.detach()), **parts, "lr": lr,
-                   "seconds": round(elapsed + time.perf_counter() - session_start, 3)}
+                   "seconds": round(elapsed + time.perf_counter() - session_start, 3),
+                   "cpu_seconds": round(cpu_elapsed + time.process_time() - cpu_start, 3)}
             logf.write(json.dumps(rec) + "\n")
             last_log.append(rec)
             if step % cfg.log_every == 0 or step == cfg.optim.steps:
@@ -530,22 +590,26 @@ def train(cfg: TrainCellsConfig, resume: bool = False, overwrite: bool = False) 
                 logf.flush()
                 save_training_checkpoint()
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.optim.steps and cfg.data.val:
-                t_eval = time.perf_counter()
+                t_eval, cpu_t_eval = time.perf_counter(), time.process_time()
                 ev = evaluate_model(model, cfg)
                 logf.write(json.dumps({"step": step, "eval": ev["mean"]}) + "\n")
                 logf.flush()
                 log.info("step %d eval on %s: %s", step, ", ".join(cfg.data.val),
                          " ".join(f"{k} {v:.3f}" for k, v in ev["mean"].items()))
                 session_start += time.perf_counter() - t_eval  # evaluation is not training time
+                cpu_start += time.process_time() - cpu_t_eval
         if stopped_early:
             save_training_checkpoint()
     train_seconds = elapsed + time.perf_counter() - session_start
+    cpu_seconds = cpu_elapsed + time.process_time() - cpu_start
 
     model_path = save_checkpoint(
         out / "model.pt", model.to(memory_format=torch.contiguous_format), cfg.postprocess,
         step=step, train_seconds=train_seconds, config=config_to_dict(cfg),
     )
-    metrics: dict[str, Any] = {"steps": step, "train_seconds": round(train_seconds, 1), "stopped_early": stopped_early,
+    metrics: dict[str, Any] = {"steps": step, "train_seconds": round(train_seconds, 1),
+                               "cpu_seconds": round(cpu_seconds, 1), "threads": cfg.threads,
+                               "load_average": _loadavg(), "stopped_early": stopped_early,
                                "train_images": list(cfg.data.train), "val_images": list(cfg.data.val)}
     if cfg.data.val:
         t_eval = time.perf_counter()
@@ -555,6 +619,14 @@ def train(cfg: TrainCellsConfig, resume: bool = False, overwrite: bool = False) 
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
     return TrainResult(out, model_path, metrics, step, train_seconds)
+
+
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load averages at the end of training (other work slows a CPU run down)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def _normalise_batch(x: Any, device: Any) -> Any:

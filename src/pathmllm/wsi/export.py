@@ -1,11 +1,11 @@
 """Export patch images (a folder of PNG/JPEG files, or one tar/zip per slide) for training elsewhere.
 
-Patches are read by several processes at once, each with its own slide handle, in chunks
-of neighbouring patches. Worker processes come from a ``forkserver`` (``spawn`` where there
-is none): no fork of a process that may run threads or hold C-library state, and after the
-first export in a process new workers start in milliseconds instead of re-importing
-everything. While the workers start, this process reads the first chunks itself, so a
-small slide is not slower than a plain loop.
+Patches are read by ``workers`` processes at once, each with its own slide handle, in
+chunks of neighbouring patches: this process and ``workers - 1`` pool processes. This
+process starts reading at once, so a small slide does not wait for workers to start. The
+workers come from a ``forkserver`` (``spawn`` where there is none): no fork of a process
+that may run threads or hold C-library state, and after the first export in a process new
+workers start in milliseconds instead of importing everything again.
 
 Readers differ in what is fastest (``benchmarks/bench_export.py``): OpenSlide reads one
 patch per call fastest (a wide region costs more per pixel than the calls it saves), while
@@ -26,7 +26,8 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as futures_wait
 from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
@@ -45,8 +46,8 @@ log = logging.getLogger(__name__)
 
 ImageFormat = Literal["png", "jpeg"]
 Container = Literal["folder", "tar", "zip"]
-CHUNK = 32  # most patches per work item (the last ones keep only part of the workers busy)
-MIN_CHUNK = 8  # fewest patches per work item (each costs a round trip to a worker)
+CHUNK = 32  # most patches per work item
+MIN_CHUNK = 4  # fewest patches per work item (each costs a round trip to a worker)
 #: backends that read one patch per call faster than a row of patches in one call
 PER_PATCH_BACKENDS = frozenset({"openslide"})
 
@@ -224,8 +225,7 @@ def export_patches(
     else:
         todo = coords
     n_workers = max(1, workers or os.cpu_count() or 1)
-    size = max(MIN_CHUNK, min(CHUNK, math.ceil(len(todo) / (8 * n_workers))))  # ~8 items per worker
-    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    chunks = _chunks(todo, n_workers)
     n_workers = min(n_workers, len(chunks) or 1)
     work_args = (plan, step, fmt, quality, name, folder)
     archive_ctx = _archive(target, container) if container != "folder" else None
@@ -245,6 +245,18 @@ def export_patches(
     return ExportResult(name, str(target), len(coords), written, seconds, "done")
 
 
+def _chunks(coords: np.ndarray, n_workers: int) -> list[np.ndarray]:
+    """Work items that shrink towards the end ("guided" scheduling): a quarter of each
+    reader's share of what is left, between MIN_CHUNK and CHUNK patches, so the readers
+    finish at nearly the same moment instead of one reading a last big chunk alone."""
+    out, i = [], 0
+    while i < len(coords):
+        size = max(MIN_CHUNK, min(CHUNK, math.ceil((len(coords) - i) / (4 * n_workers))))
+        out.append(coords[i : i + size])
+        i += size
+    return out
+
+
 def _tolerance(store: SlideStore) -> float:
     return float(store.manifest().get("params", {}).get("tiling", {}).get("mpp_tolerance", 0.02))
 
@@ -262,13 +274,16 @@ def _mp_context() -> BaseContext:
 
 def _run_pool(slide: Slide, chunks: list[np.ndarray], work_args: tuple[Any, ...], n_workers: int,
               init: tuple[str, str, float | None], add: Any) -> int:
-    """Chunks through ``n_workers`` processes, results in order.
+    """Chunks through this process and ``n_workers - 1`` worker processes; results in order.
 
-    The workers are started from a helper thread (a cold forkserver takes a moment), and
-    until the first is up this process reads chunks itself; if it finishes them all first,
-    the still-starting pool is left to exit on its own instead of being waited for.
+    This process reads chunks from the start, so it never waits idle for workers to start
+    (a cold forkserver takes a moment; the pool is started from a helper thread). Once a
+    worker is up, it keeps up to ``2 * (n_workers - 1) + 1`` chunks queued for the workers and
+    takes the next chunk itself; at the end it takes back queued chunks no worker has begun.
+    If it finishes everything before any worker is up, the pool is not waited for.
     """
-    pool = ProcessPoolExecutor(n_workers, mp_context=_mp_context(), initializer=_worker_init, initargs=init)
+    n_pool = n_workers - 1
+    pool = ProcessPoolExecutor(n_pool, mp_context=_mp_context(), initializer=_worker_init, initargs=init)
     started: list[Future[bool]] = []
 
     def start() -> None:
@@ -279,18 +294,34 @@ def _run_pool(slide: Slide, chunks: list[np.ndarray], work_args: tuple[Any, ...]
 
     starter = threading.Thread(target=start, name="pathmllm-export-start", daemon=True)
     starter.start()
+    window = 2 * n_pool + 1  # a worker finishing a chunk finds the next one waiting
+    results: dict[int, list[tuple[str, bytes | None]]] = {}
+    pending: dict[Future[list[tuple[str, bytes | None]]], int] = {}
+    written, emitted, nxt = 0, 0, 0
     wait = True
     try:
-        written, i = 0, 0
-        while i < len(chunks) and not (started and started[0].done()):
-            written += _drain([_work_on(slide, chunks[i], *work_args)], add)
-            i += 1
-        if i == len(chunks):
-            wait = bool(started) and started[0].done()
-            return written
-        starter.join()
-        futures = [pool.submit(_work, c, *work_args) for c in chunks[i:]]
-        return written + _drain((f.result() for f in futures), add)
+        while emitted < len(chunks):
+            if started and started[0].done():
+                while len(pending) < window and nxt < len(chunks):
+                    pending[pool.submit(_work, chunks[nxt], *work_args)] = nxt
+                    nxt += 1
+            for fut in [f for f in pending if f.done()]:
+                results[pending.pop(fut)] = fut.result()
+            if nxt < len(chunks):
+                results[nxt] = _work_on(slide, chunks[nxt], *work_args)
+                nxt += 1
+            elif pending:
+                mine = next((f for f in reversed(pending) if f.cancel()), None)  # not begun: do it here
+                if mine is not None:
+                    i = pending.pop(mine)
+                    results[i] = _work_on(slide, chunks[i], *work_args)
+                else:
+                    futures_wait(list(pending), return_when=FIRST_COMPLETED)
+            while emitted in results:  # in chunk order, whoever read them
+                written += _drain([results.pop(emitted)], add)
+                emitted += 1
+        wait = bool(started) and started[0].done()
+        return written
     finally:
         pool.shutdown(wait=wait, cancel_futures=True)
 
