@@ -107,6 +107,24 @@ def saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return sat, mx, hue
 
 
+def _saturation_and_usable(rgb: np.ndarray, cfg: TissueConfig, rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Saturation and the not-dark, not-pen mask, computed in blocks of ``rows`` rows so the
+    float temporaries stay small on large thumbnails (memory flat in slide size)."""
+    h = rgb.shape[0]
+    sat = np.empty(rgb.shape[:2], dtype=np.float32)
+    usable = np.empty(rgb.shape[:2], dtype=bool)
+    for r0 in range(0, h, rows):
+        s, val, hue = saturation_value(rgb[r0 : r0 + rows])
+        ok = val >= cfg.min_value
+        if cfg.remove_pen:
+            green = (hue >= 60) & (hue < 180) & (s > 0.2)
+            blue = (hue >= 180) & (hue < 250) & (s > 0.45)
+            ok &= ~(green | blue)
+        sat[r0 : r0 + rows] = s
+        usable[r0 : r0 + rows] = ok
+    return sat, usable
+
+
 def otsu(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of values in [0, 1]."""
     if values.size == 0:
@@ -133,12 +151,7 @@ def tissue_mask_from_rgb(
     """
     cfg = config or TissueConfig()
     mpp = mask_mpp or cfg.mpp
-    sat, val, hue = saturation_value(rgb)
-    usable = val >= cfg.min_value
-    if cfg.remove_pen:
-        green = (hue >= 60) & (hue < 180) & (sat > 0.2)
-        blue = (hue >= 180) & (hue < 250) & (sat > 0.45)
-        usable &= ~(green | blue)
+    sat, usable = _saturation_and_usable(rgb, cfg)
     candidates = sat[usable]
     threshold = float(np.clip(otsu(candidates), cfg.min_saturation, cfg.max_saturation))
     mask = usable & (sat > threshold)
