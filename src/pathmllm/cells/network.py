@@ -548,7 +548,10 @@ class HoverNetLite(NucleusSegmenter):
             checkpoint's (and must then match the weights' shapes).
         postprocess: post-processing settings (a dict or :class:`PostprocessConfig`); fields
             given here override the ones stored in the checkpoint.
-        inference: tile size, overlap and batch size of the sliding window.
+        inference: tile size, overlap, batch size and flip test-time augmentation of the
+            sliding window (a dict or :class:`InferenceConfig`).
+        threads: torch CPU threads for this process (``None`` leaves torch's setting; give 1
+            when several worker processes each run a segmenter, as the slide runner does).
     """
 
     name = "hovernet-lite"
@@ -560,7 +563,10 @@ class HoverNetLite(NucleusSegmenter):
         config: UNetConfig | dict[str, Any] | None = None,
         postprocess: PostprocessConfig | dict[str, Any] | None = None,
         inference: InferenceConfig | dict[str, Any] | None = None,
+        threads: int | None = None,
     ) -> None:
+        if threads is not None:
+            torch.set_num_threads(max(int(threads), 1))
         if isinstance(config, dict):
             config = _from_dict(UNetConfig, config)
         self.device = _device(device)
