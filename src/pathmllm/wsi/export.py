@@ -15,6 +15,7 @@ the read level with one ``read_region`` call and cutting it up.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -169,12 +170,27 @@ def _write_atomic(folder: str, fname: str, data: bytes) -> None:
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{fname}{TMP_MARK}", dir=folder)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _file_mode())  # mkstemp makes 0600; give what a plain open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, os.path.join(folder, fname))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@functools.cache
+def _file_mode() -> int:
+    """0o666 less the process umask, read once (from /proc where it can be read without
+    setting it: setting it briefly to 0 would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            umask = int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def export_patches(
@@ -218,6 +234,7 @@ def export_patches(
     if container == "folder":
         target.mkdir(parents=True, exist_ok=True)
         folder = str(target)
+        _file_mode()  # before any helper thread or worker starts
         # an empty file is one a power loss cut short (files are not fsynced one by one)
         have = {e.name for e in os.scandir(target) if e.is_file() and e.stat().st_size > 0}
         keep = [i for i, (x, y) in enumerate(coords) if patch_name(name, x, y, fmt) not in have]
@@ -280,7 +297,9 @@ def _run_pool(slide: Slide, chunks: list[np.ndarray], work_args: tuple[Any, ...]
     (a cold forkserver takes a moment; the pool is started from a helper thread). Once a
     worker is up, it keeps up to ``2 * (n_workers - 1) + 1`` chunks queued for the workers and
     takes the next chunk itself; at the end it takes back queued chunks no worker has begun.
-    If it finishes everything before any worker is up, the pool is not waited for.
+    If it finishes everything before any worker is up, the pool is not waited for; if the
+    workers cannot start at all (e.g. a ``__main__`` they cannot import, such as ``python -``),
+    this process reads everything itself.
     """
     n_pool = n_workers - 1
     pool = ProcessPoolExecutor(n_pool, mp_context=_mp_context(), initializer=_worker_init, initargs=init)
@@ -294,14 +313,25 @@ def _run_pool(slide: Slide, chunks: list[np.ndarray], work_args: tuple[Any, ...]
 
     starter = threading.Thread(target=start, name="pathmllm-export-start", daemon=True)
     starter.start()
-    window = 2 * n_pool + 1  # a worker finishing a chunk finds the next one waiting
+    # two chunks per worker plus one: a worker finishing a chunk finds the next one waiting
+    # even when this process is in the middle of a chunk of its own (refills come between them)
+    window = 2 * n_pool + 1
     results: dict[int, list[tuple[str, bytes | None]]] = {}
     pending: dict[Future[list[tuple[str, bytes | None]]], int] = {}
     written, emitted, nxt = 0, 0, 0
     wait = True
+    pool_ok = False
     try:
         while emitted < len(chunks):
-            if started and started[0].done():
+            if not pool_ok and started and started[0].done():
+                error = started[0].exception()
+                if error is None:
+                    pool_ok = True
+                elif window:
+                    log.warning("worker processes did not start (%s: %s); reading in this process only",
+                                type(error).__name__, error)
+                    window = 0
+            if pool_ok:
                 while len(pending) < window and nxt < len(chunks):
                     pending[pool.submit(_work, chunks[nxt], *work_args)] = nxt
                     nxt += 1
