@@ -18,11 +18,11 @@ from pathmllm.train.cells import (  # noqa: E402
     OptimConfig,
     RunExistsError,
     TrainCellsConfig,
-    apply_overrides,
     load_config,
     lr_at,
     train,
 )
+from pathmllm.utils.config import apply_overrides  # noqa: E402
 from tests.conftest import REPO, shared  # noqa: E402
 
 CONFIG = REPO / "configs" / "cells" / "monuseg.yaml"

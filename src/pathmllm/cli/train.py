@@ -85,3 +85,61 @@ def cells(
         t.add_row("[bold]mean", *(f"[bold]{result.metrics['mean'][k]:.3f}" for k in ("dice", "aji", "f1", "pq")))
     console.print(t)
     console.print(f"weights: {result.model_path}\nmetrics: {result.out / 'metrics.json'}", highlight=False)
+
+
+@app.command("embed")
+def embed(
+    overrides: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Argument(help="Config overrides as key.path=value, e.g. optim.steps=500 lora.enabled=true."),
+    ] = None,
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", "-c", help="YAML recipe (e.g. configs/embed/lc25000.yaml); defaults if omitted."),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an OUT that holds a run.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Contrastive training of the universal embedder (MLLM4PUE); several processes with
+    [bold]accelerate launch -m pathmllm train embed ...[/bold].
+
+    Writes OUT/model (a Hugging Face folder for `pathmllm embed --model OUT/model`),
+    OUT/metrics.json, OUT/log.jsonl, OUT/config.yaml and OUT/checkpoints/last.
+    Exit code 2 for a bad config or missing data.
+    """
+    import logging
+    from dataclasses import asdict
+
+    from pathmllm.train.common import RunExistsError
+    from pathmllm.train.embed import load_config, train
+
+    try:
+        cfg = load_config(config, overrides or [])
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        _fail(str(exc), code=2)
+    if dry_run:
+        import yaml
+
+        typer.echo(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        return
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    train_log = logging.getLogger("pathmllm.train")
+    if train_log.getEffectiveLevel() > logging.INFO:
+        train_log.setLevel(logging.INFO)
+    try:
+        result = train(cfg, resume=resume, overwrite=overwrite)
+    except (RunExistsError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc), code=2)
+    if not result.metrics:  # not the main process
+        return
+    if as_json:
+        typer.echo(json.dumps(result.metrics, indent=2))
+        return
+    final = result.metrics.get("final") or {}
+    line = f"{result.steps} steps in {result.train_seconds / 60:.1f} min"
+    if final:
+        line += f"; held-out zero-shot balanced accuracy {final['balanced_accuracy']:.3f} (n={final['n']})"
+    typer.echo(f"{line}\nmodel: {result.model_dir}\nmetrics: {Path(result.out) / 'metrics.json'}")

@@ -38,7 +38,7 @@ def register_dynamic(prefix: str, resolve: Callable[[str], tuple[EncoderSpec, Bu
 
 
 def load_builtin_encoders() -> None:
-    from pathmllm.encoders import clip_models, handcrafted, hf_models, timm_models  # noqa: F401
+    from pathmllm.encoders import clip_models, handcrafted, hf_models, mllm, timm_models  # noqa: F401
 
 
 def encoder_spec(name: str) -> tuple[EncoderSpec, Builder]:

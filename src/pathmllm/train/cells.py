@@ -23,20 +23,21 @@ warm-up + cosine schedule. It writes into ``out``:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pathmllm.cells.network import PostprocessConfig, UNetConfig
+from pathmllm.train.common import RunExistsError, loadavg, lr_at, truncate_log
+from pathmllm.utils.config import build_dataclass, load_yaml_config
 
 log = logging.getLogger(__name__)
 
@@ -171,97 +172,14 @@ class TrainCellsConfig:
             raise ValueError("optim.steps and optim.batch_size must be >= 1")
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    import typing
-
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(data).__name__} {data!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(known)}")
-    hints = typing.get_type_hints(cls)
-    defaults = cls()
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{where}.{name}".lstrip(".")
-        default = getattr(defaults, name)
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value or {}, key)
-        else:
-            kwargs[name] = _coerce(value, hints[name], key)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check a scalar against its field type; numbers written as strings (YAML reads ``1e-3``
-    as a string) and ints given for floats are converted."""
-    import types
-    import typing
-
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-    if typing.get_origin(hint) is list:
-        if not isinstance(value, list):
-            raise ValueError(f"{key}: expected a list, got {value!r}")
-        return [str(v) for v in value]
-    try:
-        if hint is float and not isinstance(value, bool):
-            return float(value)
-        if hint is int and not isinstance(value, bool):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key}: expected {hint.__name__}, got {value!r}") from None
-    if hint is bool and not isinstance(value, bool):
-        raise ValueError(f"{key}: expected true or false, got {value!r}")
-    if hint is str and not isinstance(value, str):
-        raise ValueError(f"{key}: expected a string, got {value!r}")
-    return value
-
-
 def config_from_dict(data: dict[str, Any]) -> TrainCellsConfig:
     """Nested dict (as in the YAML) -> :class:`TrainCellsConfig`; unknown keys are errors."""
-    return _build(TrainCellsConfig, data or {}, "")
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` strings (values parsed as YAML: ``3``, ``1e-3``, ``[a, b]``, ``null``)."""
-    import yaml
-
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r}: expected key.path=value, e.g. optim.steps=500")
-        key, raw = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ValueError(f"override {item!r}: empty key")
-        node = data
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
-    return data
+    return build_dataclass(TrainCellsConfig, data or {}, "")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> TrainCellsConfig:
     """Read a YAML config (or start from the defaults) and apply ``a.b=value`` overrides."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such config file (see configs/cells/monuseg.yaml)")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: expected a YAML mapping at the top level")
-    return config_from_dict(apply_overrides(data, list(overrides or [])))
+    return load_yaml_config(TrainCellsConfig, path, overrides, example="configs/cells/monuseg.yaml")
 
 
 def config_to_dict(cfg: TrainCellsConfig) -> dict[str, Any]:
@@ -437,15 +355,6 @@ class TrainResult:
     train_seconds: float
 
 
-def lr_at(step: int, cfg: OptimConfig) -> float:
-    """Warm-up then cosine decay to ``lr * min_lr_ratio`` (``step`` counts from 0)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-    t = min(max(t, 0.0), 1.0)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def seed_everything(seed: int) -> np.random.Generator:
     import torch
 
@@ -472,10 +381,6 @@ def _set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
     rng.bit_generator.state = state["numpy"]
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), state["python_pos"]))
-
-
-class RunExistsError(RuntimeError):
-    """The output folder already holds a run and neither resume nor overwrite was asked for."""
 
 
 def train(cfg: TrainCellsConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
@@ -537,7 +442,7 @@ def train(cfg: TrainCellsConfig, resume: bool = False, overwrite: bool = False) 
         elapsed = float(ckpt.get("train_seconds", 0.0))
         cpu_elapsed = float(ckpt.get("cpu_seconds", 0.0))
         _set_rng_state(rng, ckpt["rng"])
-        _truncate_log(log_path, step)
+        truncate_log(log_path, step)
         log.info("resumed from %s at step %d", ckpt_path, step)
 
     autocast = cfg.bf16 and device.type in ("cpu", "cuda")
@@ -609,7 +514,7 @@ def train(cfg: TrainCellsConfig, resume: bool = False, overwrite: bool = False) 
     )
     metrics: dict[str, Any] = {"steps": step, "train_seconds": round(train_seconds, 1),
                                "cpu_seconds": round(cpu_seconds, 1), "threads": cfg.threads,
-                               "load_average": _loadavg(), "stopped_early": stopped_early,
+                               "load_average": loadavg(), "stopped_early": stopped_early,
                                "train_images": list(cfg.data.train), "val_images": list(cfg.data.val)}
     if cfg.data.val:
         t_eval = time.perf_counter()
@@ -621,14 +526,6 @@ def train(cfg: TrainCellsConfig, resume: bool = False, overwrite: bool = False) 
     return TrainResult(out, model_path, metrics, step, train_seconds)
 
 
-def _loadavg() -> list[float] | None:
-    """1/5/15-minute load averages at the end of training (other work slows a CPU run down)."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
 def _normalise_batch(x: Any, device: Any) -> Any:
     import torch
 
@@ -636,20 +533,6 @@ def _normalise_batch(x: Any, device: Any) -> Any:
 
     x = normalise(x.to(device))
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines after ``step`` (written after the checkpoint a resumed run restarts from)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue
-    path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------

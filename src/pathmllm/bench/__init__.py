@@ -1,0 +1,1 @@
+"""Benchmarks of embeddings: task classes, dataset loaders, metrics, reports."""

@@ -1,0 +1,1 @@
+"""Record formats (JSONL manifests) and datasets."""

@@ -1,0 +1,295 @@
+"""Training losses.
+
+Contrastive part (MLLM4PUE-style universal embeddings)
+------------------------------------------------------
+
+:func:`info_nce` is the symmetric InfoNCE loss over cosine similarity used to train the
+universal embedder: each query must pick its own positive among all positives of the *global*
+batch (every process's positives, gathered with their gradient), optionally among hard negatives
+too. :func:`gather_with_grad` is the differentiable all-gather underneath it.
+
+Gradient-scaling convention (read this before training with several processes)
+    With ``gather=True`` under an initialised process group of ``world_size`` W, every rank
+    returns the **same value**: the single-process loss on the global batch (the concatenation of
+    the ranks' local batches in rank order). Its **gradient**, however, is that of
+    ``W * (this rank's share of the global loss)``, and :func:`gather_with_grad`'s backward
+    **sums** the gradients that all ranks send to a rank's rows. Together: the per-rank
+    gradients *summed* over ranks equal ``W * dL/dθ``, so the *average* over ranks (what
+    ``DistributedDataParallel``, FSDP, DeepSpeed and ``accelerate`` all do) is exactly
+    ``dL/dθ``, the single-process gradient on the global batch. Call ``loss.backward()`` (or
+    ``accelerator.backward(loss)``) on every rank, and do not rescale by the world size. This is
+    the convention of open_clip's ``gather_with_grad=True`` training, at the cost of one
+    ``(local_batch, global_batch)`` logit block per direction instead of the whole
+    ``(global_batch, global_batch)`` matrix on every rank.
+
+Every call with ``gather=True`` under a process group is a collective: all ranks must call it,
+in the same order, with the same arguments (``negatives`` given on all ranks or none). Local
+batch sizes may differ between ranks (they are gathered first).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InfoNCEConfig", "gather_with_grad", "info_nce"]
+
+
+# --------------------------------------------------------------------------------------------
+# distributed helpers
+
+
+def _distributed(group: dist.ProcessGroup | None = None) -> bool:
+    """Whether a process group with more than one rank is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def _gather_sizes(n: int, device: torch.device, group: dist.ProcessGroup | None) -> list[int]:
+    """The first-dimension size on every rank, in rank order."""
+    local = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, local, group=group)
+    return [int(s.item()) for s in sizes]
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 (sizes may differ by rank); backward sums over ranks.
+
+    Forward: pad the local tensor to the largest size, ``all_gather``, drop the padding and
+    concatenate in rank order. Backward: ``all_reduce(SUM)`` the gradient of the gathered tensor
+    and return this rank's slice, i.e. the gradient that *all* ranks' objectives send to this
+    rank's rows (a reduce-scatter; gloo has none, hence the all-reduce).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        sizes: Sequence[int],
+        group: dist.ProcessGroup | None,
+    ) -> Tensor:
+        rank = dist.get_rank(group)
+        largest = max(sizes)
+        x = x.contiguous()
+        if x.shape[0] < largest:
+            pad = x.new_zeros((largest - x.shape[0], *x.shape[1:]))
+            x = torch.cat([x, pad])
+        buffers = [torch.empty_like(x) for _ in sizes]
+        dist.all_gather(buffers, x, group=group)
+        ctx.sizes = tuple(sizes)  # type: ignore[attr-defined]
+        ctx.rank = rank  # type: ignore[attr-defined]
+        ctx.group = group  # type: ignore[attr-defined]
+        return torch.cat([b[:n] for b, n in zip(buffers, sizes)])
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor, None, None]:
+        sizes: tuple[int, ...] = ctx.sizes  # type: ignore[attr-defined]
+        rank: int = ctx.rank  # type: ignore[attr-defined]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)  # type: ignore[attr-defined]
+        start = sum(sizes[:rank])
+        return grad[start : start + sizes[rank]], None, None
+
+
+def gather_with_grad(x: Tensor, *, group: dist.ProcessGroup | None = None) -> Tensor:
+    """All-gather ``x`` along dim 0 from every rank, keeping the gradient path.
+
+    Args:
+        x: ``(local_n, ...)``; ``local_n`` may differ between ranks, the other dims may not.
+        group: process group (default: the default group).
+
+    Returns:
+        ``(sum of local_n over ranks, ...)``, the ranks' tensors concatenated in rank order.
+        ``x`` itself when no process group is initialised or it has one rank.
+
+    The backward **sums** over ranks the gradients that reach this rank's rows (see the
+    module docstring for why that, with DDP's averaging, gives single-process gradients).
+    A collective: every rank must call it.
+    """
+    if not _distributed(group):
+        return x
+    sizes = _gather_sizes(x.shape[0], x.device, group)
+    return _AllGatherWithGrad.apply(x, sizes, group)
+
+
+# --------------------------------------------------------------------------------------------
+# InfoNCE
+
+
+@dataclass
+class InfoNCEConfig:
+    """Settings of :func:`info_nce`; calling the config computes the loss with them."""
+
+    temperature: float = 0.05
+    """Softmax temperature on the cosine similarities (E5-V / MLLM4PUE use 0.05)."""
+    symmetric: bool = True
+    """Average the query→positive and positive→query losses (else query→positive only)."""
+    gather: bool = True
+    """Use every process's positives (and negatives) as in-batch negatives when distributed."""
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"InfoNCE temperature must be > 0, got {self.temperature}")
+
+    def __call__(self, query: Tensor, positive: Tensor, negatives: Tensor | None = None) -> Tensor:
+        """:func:`info_nce` with these settings."""
+        return info_nce(
+            query,
+            positive,
+            negatives,
+            temperature=self.temperature,
+            symmetric=self.symmetric,
+            gather=self.gather,
+        )
+
+
+def _check_inputs(query: Tensor, positive: Tensor, negatives: Tensor | None) -> Tensor | None:
+    """Validate shapes; return negatives flattened to ``(num_negatives, dim)``."""
+    if query.ndim != 2:
+        raise ValueError(f"info_nce: query must be (batch, dim), got shape {tuple(query.shape)}")
+    if positive.shape != query.shape:
+        raise ValueError(
+            f"info_nce: positive must have the query's shape {tuple(query.shape)} "
+            f"(one positive per query), got {tuple(positive.shape)}"
+        )
+    if query.shape[0] == 0:
+        raise ValueError("info_nce: the local batch is empty (query has 0 rows)")
+    if negatives is None:
+        return None
+    dim = query.shape[1]
+    if negatives.ndim == 3:
+        if negatives.shape[0] != query.shape[0] or negatives.shape[2] != dim:
+            raise ValueError(
+                f"info_nce: 3-d negatives must be (batch, n_neg, dim) = ({query.shape[0]}, n_neg, "
+                f"{dim}), got {tuple(negatives.shape)}"
+            )
+        return negatives.reshape(-1, dim)
+    if negatives.ndim == 2:
+        if negatives.shape[1] != dim:
+            raise ValueError(
+                f"info_nce: negatives must be (num_negatives, {dim}), got {tuple(negatives.shape)}"
+            )
+        return negatives
+    raise ValueError(
+        "info_nce: negatives must be (num_negatives, dim) or (batch, n_neg, dim), got shape "
+        f"{tuple(negatives.shape)}"
+    )
+
+
+def info_nce(
+    query: Tensor,
+    positive: Tensor,
+    negatives: Tensor | None = None,
+    *,
+    temperature: float | Tensor = 0.05,
+    symmetric: bool = True,
+    gather: bool = True,
+    keys: Tensor | None = None,
+) -> Tensor:
+    """InfoNCE over cosine similarity with in-batch (and optional hard) negatives.
+
+    Args:
+        query: ``(batch, dim)`` query embeddings (normalised to unit length here).
+        positive: ``(batch, dim)``; row ``i`` is the positive of query ``i``.
+        negatives: optional hard negatives, ``(batch, n_neg, dim)`` or ``(num_negatives, dim)``
+            (any number of rows). They are flattened and *every* query scores *every* negative
+            of the global batch (appended as extra logit columns after the positives), as in
+            E5-V / MLLM4PUE / Tevatron-style training.
+        temperature: similarities are divided by it (default 0.05); a positive float or a
+            scalar tensor (e.g. a learnable one).
+        symmetric: also the positive→query direction (each positive must pick its query among
+            all queries); the loss is then the mean of both directions. Hard negatives enter
+            only the query→positive direction.
+        gather: when a process group with several ranks is initialised, score against the
+            positives / queries / negatives of all ranks (gathered with gradient, see
+            :func:`gather_with_grad`). Without a process group it changes nothing.
+        keys: optional ``(batch,)`` integer ids of what each positive *is* (e.g. the caption's
+            class). Other in-batch columns with the same key as row ``i`` are false negatives
+            and are left out of row ``i``'s softmax, in both directions (the target column
+            stays). Needed when positives repeat, e.g. class-name captions. Gathered across ranks
+            like the embeddings.
+
+    Returns:
+        A scalar: the mean over the *global* batch of the per-query cross-entropies (per
+        direction, averaged over directions). Under a process group with ``gather=True`` the
+        value on every rank is exactly the single-process loss on the global batch (the ranks'
+        batches concatenated in rank order), and its gradient follows the convention in the
+        module docstring (DDP's gradient averaging yields the single-process gradient). With
+        ``gather=False`` each rank computes the plain loss on its local batch. Computed in
+        float32 (or float64 for float64 inputs).
+    """
+    flat_negatives = _check_inputs(query, positive, negatives)
+    if isinstance(temperature, (int, float)) and not temperature > 0:
+        raise ValueError(f"info_nce: temperature must be > 0, got {temperature}")
+
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    q = F.normalize(query.to(dtype), dim=-1)
+    p = F.normalize(positive.to(dtype), dim=-1)
+    n = F.normalize(flat_negatives.to(dtype), dim=-1) if flat_negatives is not None else None
+
+    distributed = gather and _distributed()
+    local = q.shape[0]
+    if distributed:
+        sizes = _gather_sizes(local, q.device, None)
+        offset = sum(sizes[: dist.get_rank()])
+        world = dist.get_world_size()
+        all_p = _AllGatherWithGrad.apply(p, sizes, None)
+        all_q = _AllGatherWithGrad.apply(q, sizes, None) if symmetric else None
+        all_n = gather_with_grad(n) if n is not None else None
+    else:
+        sizes, offset, world = [local], 0, 1
+        all_p, all_q, all_n = p, (q if symmetric else None), n
+    global_batch = sum(sizes)
+    labels = torch.arange(offset, offset + local, device=q.device)
+    false_negative = _false_negative_mask(keys, labels, sizes, distributed) if keys is not None else None
+
+    # query -> positive: (local, global_batch [+ global_negatives])
+    columns = all_p if all_n is None else torch.cat([all_p, all_n])
+    logits = q @ columns.T / temperature
+    if false_negative is not None:
+        pad = logits.shape[1] - false_negative.shape[1]
+        logits = logits.masked_fill(F.pad(false_negative, (0, pad)), float("-inf"))
+    loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+    if all_q is not None:
+        # positive -> query: (local, global_batch)
+        reverse_logits = p @ all_q.T / temperature
+        if false_negative is not None:
+            reverse_logits = reverse_logits.masked_fill(false_negative, float("-inf"))
+        reverse = F.cross_entropy(reverse_logits, labels, reduction="sum")
+        loss_sum = (loss_sum + reverse) / 2
+    share = loss_sum / global_batch  # this rank's share of the global loss
+    if not distributed:
+        return share
+
+    # Value: the global loss (all ranks' shares summed); gradient: that of world * share.
+    total = share.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    scaled = share * world
+    return total + (scaled - scaled.detach())
+
+
+def _false_negative_mask(keys: Tensor, labels: Tensor, sizes: list[int], distributed: bool) -> Tensor:
+    """``(local, global_batch)`` bool: True where a column shares row ``i``'s key but is not its target."""
+    keys = torch.as_tensor(keys, device=labels.device).long().flatten()
+    if keys.shape[0] != labels.shape[0]:
+        raise ValueError(f"info_nce: keys must have one id per row: {keys.shape[0]} keys for {labels.shape[0]} rows")
+    all_keys = keys
+    if distributed:
+        padded = F.pad(keys, (0, max(sizes) - keys.shape[0]))
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        all_keys = torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+    mask = keys[:, None] == all_keys[None, :]
+    mask[torch.arange(labels.shape[0], device=labels.device), labels] = False
+    return mask
+
