@@ -9,6 +9,7 @@ import typer
 
 from pathmllm import __version__
 from pathmllm.cli import embed as embed_cmd
+from pathmllm.cli import index as index_cmd
 from pathmllm.cli import models as models_cmd
 from pathmllm.cli import slide as slide_cmd
 from pathmllm.cli import train as train_cmd
@@ -23,7 +24,9 @@ app = typer.Typer(
 app.add_typer(slide_cmd.app, name="slide")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(train_cmd.app, name="train")
+app.add_typer(index_cmd.app, name="index")
 app.command("embed-patches")(embed_cmd.embed_patches)
+app.add_typer(embed_cmd.app, name="embed")
 
 
 def _version(value: bool) -> None:

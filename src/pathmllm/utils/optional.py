@@ -17,6 +17,8 @@ _HINTS: dict[str, tuple[str, str]] = {
     "transformers": ("transformers", "train"),
     "fastapi": ("fastapi uvicorn", "serve"),
     "sklearn": ("scikit-learn", "bench"),
+    "faiss": ("faiss-cpu", "index"),
+    "pandas": ("pandas", "index"),
 }
 
 
