@@ -4,7 +4,8 @@
 
 Both paths use the same model in the same process: the naive loop calls the embedder with one
 input at a time (no padding, no batching); the batched path embeds all inputs with length
-buckets. Reported: inputs/s of each and their ratio, for images, texts and image+text pairs
+buckets. Each is run once untimed (torch builds CPU kernels for each new tensor shape), then
+``--rounds`` times; the median is reported. Reported: inputs/s of each and their ratio, for images, texts and image+text pairs
 (real LC25000 tiles from ../shared/data, or random images when absent). On a GPU, the peak
 memory too. ``--config qwen2-vl-2b`` builds Qwen2-VL-2B's architecture with random weights
 (timing equals a trained model's).
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds after a warm-up pass (median)")
     args = ap.parse_args()
     import torch
 
@@ -101,11 +103,20 @@ def main() -> None:
     rows = []
     n = len(images)
     for kind, run in kinds.items():
-        run(0, min(8, n))  # warm-up
+        # warm-up: one full pass of each (torch builds CPU kernels per new tensor shape)
+        def naive_pass(run=run) -> None:  # noqa: ANN001
+            for i in range(n):
+                run(i, i + 1)
+
+        def batched_pass(run=run) -> None:  # noqa: ANN001
+            run(0, n)
+
+        naive_pass()
+        batched_pass()
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        naive = _time(lambda run=run: [run(i, i + 1) for i in range(n)], args.device)
-        batched = _time(lambda run=run: run(0, n), args.device)
+        naive = float(np.median([_time(naive_pass, args.device) for _ in range(args.rounds)]))
+        batched = float(np.median([_time(batched_pass, args.device) for _ in range(args.rounds)]))
         peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if args.device.startswith("cuda") else "-"
         rows.append([kind, n, f"{n / naive:.1f}", f"{n / batched:.1f}", f"{naive / batched:.2f}x", peak])
     print_machine()

@@ -54,10 +54,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="pathmllm's precision (and the model-only reference's); the simple loops stay float32")
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else None
+    from pathmllm.encoders.extract import autocast_dtype
+
+    dtype = autocast_dtype(device, args.precision)
     out = WORK / "features"
     shutil.rmtree(out, ignore_errors=True)
     tiling = TilingConfig(min_tissue=0.0)
@@ -88,7 +92,7 @@ def main() -> None:
         for p in store.root.glob("features_*"):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         cfg = ExtractConfig(args.encoder, batch_size=args.batch_size, num_workers=args.num_workers,
-                            device=args.device, allow_random=True)
+                            device=args.device, allow_random=True, precision=args.precision)
         t = time.perf_counter()
         if args.quick:  # only the first patches: call the reader on a smaller store copy
             from pathmllm.encoders import extract
@@ -131,7 +135,7 @@ def main() -> None:
     print_machine()
     print(f"encoder {args.encoder} ({spec.architecture}, {spec.embed_dim}-d, random weights), {n} patches, "
           f"batch {args.batch_size}, device {device}, torch threads {torch.get_num_threads()}, "
-          f"loader workers {args.num_workers}\n")
+          f"loader workers {args.num_workers}, pathmllm precision {args.precision} ({dtype or 'float32'})\n")
     med = {k: median(v) for k, v in times.items()}
     rows = [[k, " ".join(f"{t:.2f}" for t in times[k]), f"{med[k]:.2f}", f"{n / med[k]:.1f}",
              f"{med[k] / med['pathmllm']:.2f}x"] for k in names]

@@ -28,8 +28,14 @@ def _expected(slide_path: Path, store: SlideStore) -> dict[str, np.ndarray]:
                 for x, y in coords}
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_folder_export_matches_read_patch(pyramid: Path, tmp_path: Path, workers: int) -> None:
+@pytest.mark.parametrize("workers,engine", [(1, "this process"), (2, "threads"), (2, "processes")])
+def test_folder_export_matches_read_patch(pyramid: Path, tmp_path: Path, workers: int, engine: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathmllm.wsi import export
+
+    if engine == "processes":  # what a large job on a Python-heavy backend uses
+        monkeypatch.setattr(export, "THREADS_UP_TO", 0)
+        monkeypatch.setattr(export, "GIL_FREE_BACKENDS", ())
     r = tile_slide(pyramid, tmp_path, config=CFG)
     store = SlideStore.open(r.store)
     res = export_patches(store, pyramid, fmt="png", container="folder", workers=workers)

@@ -1,9 +1,11 @@
 """Export patch images (a folder of PNG/JPEG files, or one tar/zip per slide) for training elsewhere.
 
-Patches are read by ``workers`` processes at once, each with its own slide handle, in
-chunks of neighbouring patches: this process and ``workers - 1`` pool processes. This
-process starts reading at once, so a small slide does not wait for workers to start. The
-workers come from a ``forkserver`` (``spawn`` where there is none): no fork of a process
+Patches are read by ``workers`` readers at once, each with its own slide handle, in chunks of
+neighbouring patches. OpenSlide slides, and any job of at most ``THREADS_UP_TO`` patches, use
+threads: OpenSlide's reads and PIL's encoders release the GIL, so threads run in parallel
+with no start-up cost. Large jobs on Python-heavy backends use this process and
+``workers - 1`` pool processes; this process starts reading at once, so it never waits for
+workers to start. The workers come from a ``forkserver`` (``spawn`` where there is none): no fork of a process
 that may run threads or hold C-library state, and after the first export in a process new
 workers start in milliseconds instead of importing everything again.
 
@@ -250,6 +252,8 @@ def export_patches(
         with archive_ctx if archive_ctx is not None else nullcontext() as add:
             if n_workers == 1:
                 written = _drain((_work_on(slide, c, *work_args) for c in chunks), add)
+            elif _use_threads(slide.backend, len(todo)):
+                written = _drain(_run_threads(slide, chunks, work_args, n_workers, (str(slide_path), mpp)), add)
             else:
                 init = (str(slide_path), slide.backend, mpp)
                 written = _run_pool(slide, chunks, work_args, n_workers, init, add)
@@ -260,6 +264,52 @@ def export_patches(
     seconds = time.perf_counter() - t0
     store.mark_done(stage, seconds, [target.name], n_patches=len(coords), format=fmt, container=container)
     return ExportResult(name, str(target), len(coords), written, seconds, "done")
+
+
+#: jobs up to this many patches run in threads whatever the backend (no worker start-up cost)
+THREADS_UP_TO = 4096
+#: backends whose reads and decoding run in C without the GIL: threads scale as processes do
+GIL_FREE_BACKENDS = ("openslide",)
+
+
+def _use_threads(backend: str, n_patches: int) -> bool:
+    """Threads (this process, no start-up, no copies) for OpenSlide and for small jobs; worker
+    processes for large jobs on Python-heavy backends (tiffslide, DICOM)."""
+    return backend in GIL_FREE_BACKENDS or n_patches <= THREADS_UP_TO
+
+
+def _run_threads(slide: Slide, chunks: list[np.ndarray], work_args: tuple[Any, ...], n_workers: int,
+                 reopen: tuple[str, float | None]) -> Iterator[list[tuple[str, bytes | None]]]:
+    """Chunks through ``n_workers`` threads, each with its own slide handle; results in order,
+    at most ``2 * n_workers`` chunks in flight. OpenSlide reads and PNG/JPEG encoding release the
+    GIL, so the threads run in parallel."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = threading.local()
+    handles: list[Slide] = []
+    lock = threading.Lock()
+
+    def run(chunk: np.ndarray) -> list[tuple[str, bytes | None]]:
+        handle = getattr(local, "slide", None)
+        if handle is None:
+            handle = local.slide = Slide(reopen[0], backend=slide.backend, mpp=reopen[1])
+            with lock:
+                handles.append(handle)
+        return _work_on(handle, chunk, *work_args)
+
+    try:
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="pathmllm-export") as pool:
+            pending: list[Future[list[tuple[str, bytes | None]]]] = []
+            for chunk in chunks:
+                pending.append(pool.submit(run, chunk))
+                if len(pending) >= 2 * n_workers:
+                    yield pending.pop(0).result()
+            for fut in pending:
+                yield fut.result()
+    finally:
+        for handle in handles:
+            handle.close()
 
 
 def _chunks(coords: np.ndarray, n_workers: int) -> list[np.ndarray]:

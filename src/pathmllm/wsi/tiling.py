@@ -93,10 +93,13 @@ def tissue_fractions(tissue: TissueMask, coords: np.ndarray, footprint: int) -> 
     """
     if len(coords) == 0:
         return np.zeros(0, dtype=np.float32)
-    m = tissue.mask.astype(np.float64)
+    m = tissue.mask
     h, w = m.shape
-    sat = np.zeros((h + 1, w + 1), dtype=np.float64)
-    sat[1:, 1:] = m.cumsum(0).cumsum(1)
+    # integer counts: exact, and half the memory of float64 (int64 only for masks of 2**31 px)
+    count = np.int32 if h * w < 2**31 else np.int64
+    sat = np.zeros((h + 1, w + 1), dtype=count)
+    np.cumsum(m, axis=0, dtype=count, out=sat[1:, 1:])
+    np.cumsum(sat[1:, 1:], axis=1, dtype=count, out=sat[1:, 1:])
     sx, sy = tissue.downsample
 
     def at(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -105,8 +108,8 @@ def tissue_fractions(tissue: TissueMask, coords: np.ndarray, footprint: int) -> 
         x0 = np.minimum(np.floor(xs).astype(np.int64), w - 1)
         y0 = np.minimum(np.floor(ys).astype(np.int64), h - 1)
         fx, fy = xs - x0, ys - y0
-        s00, s01 = sat[y0, x0], sat[y0, x0 + 1]
-        s10, s11 = sat[y0 + 1, x0], sat[y0 + 1, x0 + 1]
+        s00, s01 = sat[y0, x0].astype(np.float64), sat[y0, x0 + 1].astype(np.float64)
+        s10, s11 = sat[y0 + 1, x0].astype(np.float64), sat[y0 + 1, x0 + 1].astype(np.float64)
         return (s00 * (1 - fx) * (1 - fy) + s01 * fx * (1 - fy) + s10 * (1 - fx) * fy + s11 * fx * fy)
 
     x0 = coords[:, 0] / sx
