@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -21,6 +21,36 @@ def _fail(message: str, code: int = 1) -> None:
 
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _run_recipe(load_config: Any, train: Any, config: Path | None, overrides: list[str] | None,
+                resume: bool, overwrite: bool, dry_run: bool) -> Any:
+    """Load a recipe's config (exit 2 when bad), print it for --dry-run (returns None), else
+    train with progress lines shown (exit 2 for an existing run or missing data)."""
+    import logging
+    from dataclasses import asdict
+
+    from pathmllm.train.common import RunExistsError
+
+    try:
+        cfg = load_config(config, overrides or [])
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        _fail(str(exc), code=2)
+    if dry_run:
+        import yaml
+
+        typer.echo(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        return None
+    # training takes minutes: show its progress lines even without -v
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    train_log = logging.getLogger("pathmllm.train")
+    if train_log.getEffectiveLevel() > logging.INFO:
+        train_log.setLevel(logging.INFO)
+    try:
+        return train(cfg, resume=resume, overwrite=overwrite)
+    except (RunExistsError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc), code=2)
 
 
 @app.command("cells")
@@ -44,31 +74,11 @@ def cells(
     OUT/metrics.json, OUT/log.jsonl, OUT/config.yaml and OUT/checkpoints/last.pt.
     Exit code 2 for a bad config or missing data.
     """
-    import logging
+    from pathmllm.train.cells import load_config, train
 
-    from pathmllm.train.cells import RunExistsError, config_to_dict, load_config, train
-
-    try:
-        cfg = load_config(config, overrides or [])
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        _fail(str(exc), code=2)
-    if dry_run:
-        import yaml
-
-        typer.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    result = _run_recipe(load_config, train, config, overrides, resume, overwrite, dry_run)
+    if result is None:
         return
-    # training takes minutes: show its progress lines even without -v
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    train_log = logging.getLogger("pathmllm.train")
-    if train_log.getEffectiveLevel() > logging.INFO:
-        train_log.setLevel(logging.INFO)
-    try:
-        result = train(cfg, resume=resume, overwrite=overwrite)
-    except RunExistsError as exc:
-        _fail(str(exc), code=2)
-    except FileNotFoundError as exc:
-        _fail(str(exc), code=2)
     if as_json:
         typer.echo(json.dumps(result.metrics, indent=2))
         return
@@ -109,30 +119,11 @@ def embed(
     OUT/metrics.json, OUT/log.jsonl, OUT/config.yaml and OUT/checkpoints/last.
     Exit code 2 for a bad config or missing data.
     """
-    import logging
-    from dataclasses import asdict
-
-    from pathmllm.train.common import RunExistsError
     from pathmllm.train.embed import load_config, train
 
-    try:
-        cfg = load_config(config, overrides or [])
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        _fail(str(exc), code=2)
-    if dry_run:
-        import yaml
-
-        typer.echo(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    result = _run_recipe(load_config, train, config, overrides, resume, overwrite, dry_run)
+    if result is None:
         return
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    train_log = logging.getLogger("pathmllm.train")
-    if train_log.getEffectiveLevel() > logging.INFO:
-        train_log.setLevel(logging.INFO)
-    try:
-        result = train(cfg, resume=resume, overwrite=overwrite)
-    except (RunExistsError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc), code=2)
     if not result.metrics:  # not the main process
         return
     if as_json:
