@@ -6,14 +6,18 @@ Measured on the example slide's patches (``min_tissue=0``: every patch touching 
 
 * ``model only``: the same batches, already read and decoded into memory, through
   ``preprocess`` + forward under ``inference_mode`` (the ceiling);
-* ``pathmllm``: ``extract_slide_features`` end to end (DataLoader worker reading rows of
-  patches while the model runs; the tiled store already exists, as in a batch run);
+* ``pathmllm``: ``extract_slide_features`` end to end (on the CPU a reader thread prefetches
+  batches while the model runs, on a GPU DataLoader worker processes; the tiled store already
+  exists, as in a batch run);
 * ``simple loop``: read a patch, transform it (PIL resize, to tensor, normalise), forward one
   batch at a time, no workers, ``torch.no_grad``;
 * ``per-patch loop``: the same, forwarding each patch alone (batch 1).
 
 Ratios: **feeding** = pathmllm / model only (target >= 0.9); **speed-up** = pathmllm / simple
-loop (target >= 2 on this 2-core machine). Methods run in rounds in rotating order; medians.
+loop (target >= 2 on this 2-core machine). Each of the first three methods runs once untimed
+(torch builds CPU kernels per new tensor shape), then all run in rounds in rotating order;
+medians. The example slide has 64 patches: use ``--batch-size 16`` so reading can overlap
+the model (one batch of 64 leaves nothing to overlap).
 
 Run::
 
@@ -50,7 +54,7 @@ def main() -> None:
     ap.add_argument("--encoder", default="vit-s16")
     ap.add_argument("--slide", type=Path, default=EXAMPLE_SLIDE)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--num-workers", type=int, default=None, help="DataLoader worker processes (default: pathmllm's choice)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
@@ -129,6 +133,8 @@ def main() -> None:
                "per-patch loop": lambda: simple(1)}
     times: dict[str, list[float]] = {k: [] for k in methods}
     names = list(methods)
+    for k in names[:3]:  # warm-up, untimed: torch builds CPU kernels for each new tensor shape
+        methods[k]()
     for r in range(rounds):
         for k in names[r % len(names):] + names[: r % len(names)]:
             times[k].append(methods[k]())

@@ -50,7 +50,9 @@ class ExtractConfig:
     """Local weights (file or folder); default: ``$PATHMLLM_WEIGHTS`` lookup."""
     batch_size: int = 64
     num_workers: int | None = None
-    """DataLoader workers reading patches (default: cores - 1, at least 1, at most 8)."""
+    """DataLoader worker processes reading patches. Default: on a GPU, cores - 1 (1 to 8); on
+    the CPU, none: one reader thread in this process prefetches batches (reads and decoding
+    release the GIL), so no worker start-up and the cores stay with the model."""
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu``, ``cuda``, ``cuda:1`` ..."""
     precision: Precision = "auto"
@@ -190,7 +192,10 @@ def extract_slide_features(
     n = len(coords)
     todo_chunks = [c for c in range(0, n, chunk) if not (parts_dir / f"part-{c // chunk:05d}.npy").exists()]
     batches = [(s, min(s + bs, c + chunk, n)) for c in todo_chunks for s in range(c, min(c + chunk, n), bs)]
-    workers = config.num_workers if config.num_workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
+    if config.num_workers is not None:
+        workers = config.num_workers
+    else:
+        workers = 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
     t_model = time.perf_counter()
     if batches:
         ds = PatchBatches(str(path), reader, mpp, coords, plan, step, batches)
@@ -199,7 +204,7 @@ def extract_slide_features(
             prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
         )
         pending: dict[int, list[np.ndarray]] = {}
-        for start, images in loader:
+        for start, images in (prefetch_in_thread(loader, depth=2) if workers == 0 else loader):
             feats = embed_batch(encoder, images, device, dtype)
             c = start // chunk * chunk
             pending.setdefault(c, []).append(feats)
@@ -225,6 +230,47 @@ def extract_slide_features(
         export_feature_layouts(store, Path(out), enc_name, layouts)
     return FeaturesResult(store.slide_name, str(store.root), "done", config.encoder, n, encoder.embed_dim, seconds,
                           rate, str(target))
+
+
+def prefetch_in_thread(items: Any, depth: int = 2) -> Any:
+    """Iterate ``items`` in a background thread, ``depth`` items ahead; errors are re-raised here."""
+    import queue
+    import threading
+
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+            put("end", None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put("error", exc)
+
+    thread = threading.Thread(target=produce, name="pathmllm-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def write_features_h5(path: Path, features: np.ndarray, coords: np.ndarray, coords_attrs: dict[str, Any],
