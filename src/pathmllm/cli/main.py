@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from pathmllm import __version__
+from pathmllm.cli import bench as bench_cmd
 from pathmllm.cli import embed as embed_cmd
 from pathmllm.cli import index as index_cmd
 from pathmllm.cli import models as models_cmd
@@ -25,6 +26,7 @@ app.add_typer(slide_cmd.app, name="slide")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(index_cmd.app, name="index")
+app.add_typer(bench_cmd.app, name="bench")
 app.command("embed-patches")(embed_cmd.embed_patches)
 app.add_typer(embed_cmd.app, name="embed")
 
