@@ -11,8 +11,6 @@ Unreadable images are reported and skipped (never fatal): the rest are embedded 
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -57,18 +55,10 @@ def read_text_lines(path: str | os.PathLike[str]) -> list[str]:
 
 def read_pairs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Records with ``image`` (absolute path) and ``text`` from a JSONL or CSV manifest."""
+    from pathmllm.data.records import read_records
+
     path = Path(path)
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows: list[dict[str, Any]] = list(csv.DictReader(f))
-    else:
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    rows = read_records(path, default=".jsonl")
     for n, row in enumerate(rows, 1):
         if not row.get("image") or not row.get("text"):
             raise ValueError(f"{path}: record {n} needs both 'image' and 'text' fields, got {sorted(row)}")

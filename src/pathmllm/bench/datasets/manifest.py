@@ -13,7 +13,6 @@ Image paths are relative to the manifest's folder (or absolute).
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -35,21 +34,14 @@ from pathmllm.bench.datasets.captions import caption_set
 
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
+    from pathmllm.data.records import read_records
+
     if not path.is_file():
         raise DatasetLayoutError(f"manifest {path} does not exist")
-    if path.suffix.lower() in (".jsonl", ".json"):
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DatasetLayoutError(f"{path}:{n}: not a JSON object ({exc})") from None
-        return rows
-    if path.suffix.lower() in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            return list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
-    raise DatasetLayoutError(f"{path}: a manifest is .csv, .tsv or .jsonl")
+    try:
+        return read_records(path)
+    except ValueError as exc:
+        raise DatasetLayoutError(str(exc).replace("expected a .jsonl", "a manifest is a .jsonl")) from None
 
 
 def manifest_kind(rows: list[dict[str, Any]], path: Path) -> str:
