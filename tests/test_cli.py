@@ -39,7 +39,7 @@ def test_slide_info_table_and_json(example_slide: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "0.499" in res.output and "aperio" in res.output and "2220 x 2967" in res.output
     res = runner.invoke(app, ["slide", "info", str(example_slide), "--json"])
-    data = json.loads(res.output)
+    data = json.loads(res.stdout)
     assert data["backend"] == "openslide" and data["dimensions"] == [2220, 2967] and data["objective_power"] == 20
 
 
@@ -47,7 +47,7 @@ def test_slide_info_table_and_json(example_slide: Path) -> None:
 def test_slide_info_without_mpp_says_to_pass_it() -> None:
     res = runner.invoke(app, ["slide", "info", str(shared("slides", "kidney-48-5-ihc.tif")), "--json"])
     assert res.exit_code == 0
-    data = json.loads(res.output)
+    data = json.loads(res.stdout)
     assert data["mpp"] is None and "--mpp" in data["mpp_problem"] and data["backend"] == "tifffile"
 
 
@@ -60,7 +60,7 @@ def test_tile_and_exit_codes(example_slide: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = runner.invoke(app, ["slide", "tile", str(example_slide), "--out", str(out), "--json", "-j", "1"])
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output)
+    report = json.loads(res.stdout)
     assert report["ok"] and report["results"][0]["n_patches"] > 0
     assert json.loads((out / "errors.json").read_text()) == []
     bad = tmp_path / "bad.svs"
@@ -88,7 +88,7 @@ def test_a_missing_path_beside_a_good_slide_is_reported_not_fatal(example_slide:
     res = runner.invoke(app, ["slide", "tile", str(example_slide), str(tmp_path / "gone.svs"),
                               "--out", str(tmp_path / "o"), "--json", "-j", "1"])
     assert res.exit_code == 1
-    report = json.loads(res.output)
+    report = json.loads(res.stdout)
     assert report["n_done"] == 1 and report["failures"][0]["message"].endswith("no such file or folder")
 
 
@@ -97,7 +97,7 @@ def test_mpp_override_from_the_cli(tmp_path: Path) -> None:
 
     slide = write_pyramid(tmp_path / "nompp.tiff", tissue_image(1024, 1024), mpp=None, downsamples=(1,))
     res = runner.invoke(app, ["slide", "tile", str(slide), "--out", str(tmp_path / "o"), "--json", "-j", "1"])
-    assert res.exit_code == 1 and "--mpp" in json.loads(res.output)["failures"][0]["message"]
+    assert res.exit_code == 1 and "--mpp" in json.loads(res.stdout)["failures"][0]["message"]
     res = runner.invoke(app, ["slide", "tile", str(slide), "--out", str(tmp_path / "o"), "--mpp", "0.5", "--json", "-j", "1"])
     assert res.exit_code == 0, res.output
 
@@ -107,7 +107,7 @@ def test_export_patches_cli(example_slide: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["slide", "export-patches", str(example_slide), "--out", str(out), "--format", "jpeg",
                               "--container", "zip", "-j", "2", "--json"])
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output)
+    report = json.loads(res.stdout)
     r = report["results"][0]
     assert r["n_patches"] > 0 and r["output"].endswith("patches.zip")
     import zipfile

@@ -175,7 +175,7 @@ def test_cli_runs_the_recipe(tmp_path: Path) -> None:
     assert yaml.safe_load(res.output)["optim"]["steps"] == 2
     res = runner.invoke(app, ["cells", "--config", str(path), "optim.steps=2", "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["steps"] == 2
+    assert json.loads(res.stdout)["steps"] == 2
     res = runner.invoke(app, ["cells", "--config", str(path), "optim.steps=2"])
     assert res.exit_code == 2 and "--resume" in res.output
     res = runner.invoke(app, ["cells", "--config", str(path), "optim.nope=2"])

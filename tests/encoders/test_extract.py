@@ -116,14 +116,14 @@ def test_cli_features_models_and_embed(pyramid: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["slide", "features", str(pyramid), "--out", str(tmp_path), "-e", "handcrafted",
                               "--patch-size", "128", "--num-workers", "0", "--json"])
     assert res.exit_code == 0, res.output
-    r = json.loads(res.output)["results"][0]
+    r = json.loads(res.stdout)["results"][0]
     assert r["embed_dim"] == 20 and r["status"] == "done"
     res = runner.invoke(app, ["slide", "features", str(pyramid), "--out", str(tmp_path), "-e", "uni"])
     assert res.exit_code == 1 and "needs local weights" in res.output
     res = runner.invoke(app, ["slide", "features", str(pyramid), "--out", str(tmp_path), "-e", "nope"])
     assert res.exit_code == 2 and "unknown encoder 'nope'" in res.output
     res = runner.invoke(app, ["models", "ls", "--json"])
-    rows = {row["name"]: row for row in json.loads(res.output)}
+    rows = {row["name"]: row for row in json.loads(res.stdout)}
     assert rows["handcrafted"]["weights"] == "not needed" and rows["uni"]["embed_dim"] == 1024
     res = runner.invoke(app, ["embed-patches", str(tmp_path / "missing"), "-e", "handcrafted"])
     assert res.exit_code == 2 and "no such folder" in res.output

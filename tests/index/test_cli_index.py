@@ -49,12 +49,12 @@ def test_build_from_features_folder_then_search_by_vector(tmp_path: Path, slide_
     out = tmp_path / "ix"
     res = runner.invoke(app, ["index", "build", str(out), "--features", str(root), "--json"])
     assert res.exit_code == 0, res.output
-    info = json.loads(res.output)
+    info = json.loads(res.stdout)
     assert info["created"] and info["count"] == 30 and info["dim"] == 16 and info["model"] == "enc"
     np.save(tmp_path / "q.npy", feats[[3, 25]])
     res = runner.invoke(app, ["index", "search", str(out), "--vector-file", str(tmp_path / "q.npy"), "-k", "3", "--json"])
     assert res.exit_code == 0, res.output
-    hits = json.loads(res.output)["hits"]
+    hits = json.loads(res.stdout)["hits"]
     top = [h for h in hits if h["rank"] == 0]
     assert [(h["slide"], h["x"], h["y"], h["id"]) for h in top] == [("slideA", 1536, 0, 3), ("slideB", 12800, 0, 25)]
     assert top[0]["source"].endswith("features_enc.h5") and top[0]["score"] == pytest.approx(1.0, abs=1e-5)
@@ -146,19 +146,19 @@ def test_build_and_search_images_and_texts(tmp_path: Path) -> None:
     res = runner.invoke(app, ["index", "build", str(out), "--images", str(images), "--texts", str(texts),
                               "--model", "tiny-qwen2-vl", "--device", "cpu", "--json"])
     assert res.exit_code == 0, res.output
-    info = json.loads(res.output)
+    info = json.loads(res.stdout)
     assert info["count"] == 5 and info["model"] == "tiny-qwen2-vl"
     meta = VectorIndex.open(out).metadata_frame()
     assert meta["kind"].tolist() == ["image"] * 3 + ["text"] * 2 and meta.loc[4, "text"] == "normal mucosa"
     res = runner.invoke(app, ["index", "search", str(out), "--text", "normal mucosa", "-k", "1", "--json",
                               "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    found = json.loads(res.output)
+    found = json.loads(res.stdout)
     assert found["hits"][0]["id"] == 4 and found["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     res = runner.invoke(app, ["index", "search", str(out), "--image", str(images / "im1.png"), "-k", "1", "--json",
                               "--device", "cpu"])
-    assert res.exit_code == 0 and json.loads(res.output)["hits"][0]["id"] == 1, res.output
+    assert res.exit_code == 0 and json.loads(res.stdout)["hits"][0]["id"] == 1, res.output
     res = runner.invoke(app, ["index", "search", str(out), "--image", str(images / "im1.png"), "--text", "tumour",
                               "-k", "2", "--json", "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["queries"][0]["kind"] == "pair"
+    assert json.loads(res.stdout)["queries"][0]["kind"] == "pair"

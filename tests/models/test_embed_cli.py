@@ -95,6 +95,6 @@ def test_models_ls_lists_vlms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     (tmp_path / "weights.yaml").write_text("my-llava: llava\n")
     monkeypatch.setenv("PATHMLLM_WEIGHTS", str(tmp_path))
     res = runner.invoke(app, ["models", "ls", "--json"])
-    rows = {r["name"]: r for r in json.loads(res.output)}
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
     assert rows["tiny-qwen2-vl"]["kind"] == "vlm" and rows["my-llava"]["family"].startswith("LLaVA")
     assert rows["handcrafted"]["weights"] == "not needed"

@@ -47,9 +47,12 @@ def root(
 ) -> None:
     """pathmllm: whole-slide pipelines and multimodal models for pathology."""
     level = logging.WARNING - 10 * min(verbose, 2)
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)], force=True)
+    # logs go to stderr, so machine-readable output (--json) on stdout stays clean
+    handler = RichHandler(show_path=False, console=Console(stderr=True))
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
 
 
 def main() -> None:

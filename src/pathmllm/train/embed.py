@@ -279,14 +279,14 @@ class ImageCache:
         return image
 
 
-def _items(sides: list[Any], cache: ImageCache, rng: np.random.Generator | None = None) -> list[tuple[str, Any, Any]]:
-    """``(kind, image, text)`` per side; images decoded (cached) and, with ``rng``, randomly
-    flipped / rotated by multiples of 90°."""
+def _items(sides: list[Any], cache: ImageCache, ops: list[int] | None = None) -> list[tuple[str, Any, Any]]:
+    """``(kind, image, text)`` per side; images decoded (cached) and, with ``ops``, flipped /
+    rotated: ``ops[i]`` in 0..7 picks one of the 8 symmetries of the square for side ``i``."""
     out = []
-    for s in sides:
+    for i, s in enumerate(sides):
         image = cache.get(s.image)
-        if rng is not None and image is not None and not isinstance(image, str):
-            op = int(rng.integers(8))  # the 8 symmetries of the square
+        if ops is not None and image is not None and not isinstance(image, str):
+            op = ops[i]
             if op:
                 from PIL import Image
 
@@ -383,10 +383,12 @@ def train(cfg: TrainEmbedConfig, resume: bool = False, overwrite: bool = False) 
             group["lr"] = lr
         keys = torch.tensor([keys_index[r.key] for r in records], device=acc.device) if use_keys else None
 
-        aug = np.random.default_rng([cfg.seed, step, rank]) if cfg.data.augment else None
-        sides = [_items([r.query for r in records], cache, aug), _items([r.positive for r in records], cache, aug)]
+        # augmentation drawn per row of the global batch, so W processes see what one process sees
+        ops = (np.random.default_rng([cfg.seed, step]).integers(8, size=(3, cfg.optim.batch_size))
+               [:, rank * local_batch:(rank + 1) * local_batch].tolist() if cfg.data.augment else [None] * 3)
+        sides = [_items([r.query for r in records], cache, ops[0]), _items([r.positive for r in records], cache, ops[1])]
         if use_neg:
-            sides.append(_items([r.negative for r in records], cache, aug))
+            sides.append(_items([r.negative for r in records], cache, ops[2]))
         loss = contrastive_step(embedder, acc, module, sides, keys, cfg)
         if cfg.optim.grad_clip > 0:
             acc.clip_grad_norm_(params, cfg.optim.grad_clip)
