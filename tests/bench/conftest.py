@@ -1,7 +1,9 @@
-"""Fixtures of the benchmark tests: one tiny VLM embedder per session."""
+"""Fixtures of the benchmark tests: one tiny VLM embedder per session, and a private bench cache
+(decompressed ``.h5.gz`` files go there) for every test."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,3 +15,11 @@ def tiny_vlm() -> Any:
     from pathmllm.models.embedder import load_embedder
 
     return load_embedder("tiny-qwen2-vl", device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _private_bench_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Never write to ~/.cache from a test (PCam's .h5.gz files are decompressed under the bench cache)."""
+    cache = tmp_path_factory.mktemp("bench-cache")
+    monkeypatch.setenv("PATHMLLM_BENCH_CACHE", str(cache))
+    return cache

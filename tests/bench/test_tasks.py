@@ -50,10 +50,11 @@ def test_composed_retrieval_and_multiple_choice_run(tmp_path: Path) -> None:
     vqa = dataset_info("pathmmu").load(layouts.write_pathmmu(tmp_path / "PathMMU"))
     emb = FakeEmbedder()
     res = ComposedRetrievalTask(target="text").run(vqa, emb)
-    assert set(res.metrics) == {"R@1", "R@5", "R@10"} and res.details["gallery_size"] == 3
-    assert res.metrics["R@5"] == 1.0  # gallery of 3
+    assert set(res.metrics) == {"R@1", "R@5", "R@10"} and res.details["gallery_size"] == 4
+    assert res.metrics["R@5"] == 1.0  # gallery of 4
+    assert any("SocialPath" in n for n in res.details["dataset_notes"])  # what the loader skipped is recorded
     mc = MultipleChoiceTask().run(vqa, emb)
-    assert 0 <= mc.metrics["accuracy"] <= 1 and mc.n == 3
+    assert 0 <= mc.metrics["accuracy"] <= 1 and mc.n == 5
     with pytest.raises(ValueError, match="no answer options"):
         MultipleChoiceTask().run(dataset_info("quilt-vqa").load(layouts.write_quilt_vqa(tmp_path / "Q")), emb)
 
@@ -149,7 +150,7 @@ def test_cache_resumes_an_interrupted_run_at_its_last_shard(tmp_path: Path) -> N
 # ---- the runner ------------------------------------------------------------------------------
 def test_runner_records_errors_and_goes_on(tmp_path: Path) -> None:
     root = tmp_path / "data"
-    layouts.write_lc25000(root / "LC25000", per_class=4)
+    layouts.write_lc25000(root / "LC25000", per_class=4, groups=True)
     layouts.write_arch(root / "ARCH")
     cfg = BenchConfig(model="fake", tasks=["zs-lc25000-lung", "knn:lc25000-lung", "ret-arch-pubmed", "zs-bach"],
                       data_root=str(root), out_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
@@ -187,6 +188,36 @@ def test_probes_use_the_official_train_split_or_hold_out_part_of_the_set(tmp_pat
     assert entry["n"] == 9 and entry["details"]["n_train"] == 9
 
 
+def test_probes_never_split_lc25000_without_groups_and_split_wsss4luad_by_slide(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    layouts.write_lc25000(root / "LC25000", per_class=4)  # the native download has no groups
+    layouts.write_wsss4luad(root / "WSSS4LUAD")
+    for name in ("436223-1-1-[0, 1, 0].png", "436224-1-1-[1, 0, 0].png", "436225-1-1-[0, 0, 1].png"):
+        layouts.image(root / "WSSS4LUAD" / "1.training" / name)
+    run = run_benchmark(BenchConfig(model="fake", tasks=["knn:lc25000-lung", "knn:wsss4luad"], data_root=str(root),
+                                    out_dir=str(tmp_path / "out"), cache_dir=""), embedder=FakeEmbedder())
+    assert "GroupsRequiredError" in run.errors["knn:lc25000-lung"] and "groups.csv" in run.errors["knn:lc25000-lung"]
+    # WSSS4LUAD evaluates on its train split, so the probe holds out whole slides of it instead of fitting on it
+    entry = run.results["tasks"]["knn:wsss4luad"]
+    assert entry["n"] + entry["details"]["n_train"] == 8
+
+
+def test_zero_shot_records_the_prompt_name_map_and_accepts_another(tmp_path: Path) -> None:
+    data = dataset_info("bach").load(layouts.write_bach(tmp_path / "BACH"))
+    res = ZeroShotClassificationTask().run(data, FakeEmbedder())
+    assert "QuiltNet" in res.details["prompt_names"] and res.details["class_names"][0] == "breast normal breast tissue"
+    from pathmllm.bench.datasets.classification import BACH_PLAIN_NAMES
+
+    res = ZeroShotClassificationTask(class_names=BACH_PLAIN_NAMES).run(data, FakeEmbedder())
+    assert res.details["prompt_names"] == "the task's class_names option" and res.details["class_names"][2] == \
+        "in situ carcinoma"
+    with pytest.raises(ValueError, match="lacks the class"):
+        ZeroShotClassificationTask(class_names={"Normal": "x"}).run(data, FakeEmbedder())
+    wsss = dataset_info("wsss4luad").load(layouts.write_wsss4luad(tmp_path / "W"))
+    res = ZeroShotClassificationTask().run(wsss, FakeEmbedder())
+    assert res.details["dataset_notes"] and "multi-label" in res.details["dataset_notes"][0]
+
+
 def test_cache_key_includes_extra_facts_such_as_the_weights(tmp_path: Path) -> None:
     emb = FakeEmbedder()
     CachedEmbedder(emb, tmp_path, "d", key_extra={"weights": ["/w.pt", 10, 1]}).embed_texts(["a"])
@@ -211,7 +242,7 @@ def test_the_whole_pmeb_suite_runs_with_one_command(tmp_path: Path, tiny_vlm: ob
     layouts.write_lc25000(root / "LC25000")
     layouts.write_bach(root / "BACH")
     layouts.write_crc(root / "CRC100K")
-    layouts.write_osteo(root / "Osteo")
+    layouts.write_osteo(root / "Osteo", images_per_group=1)
     layouts.write_sicapv2(root)
     layouts.write_pcam(root / "PCam")
     layouts.write_skincancer(root / "SkinCancer")

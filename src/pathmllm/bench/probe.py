@@ -2,8 +2,10 @@
 
 Both fit on a train part and score the test part with balanced accuracy, accuracy and weighted
 F1. The train part is the dataset's official train split where it has one (CRC-100K, PCam,
-SICAPv2, SkinCancer, MHIST), else a stratified split that never cuts a group (LC25000's
-near-duplicate groups, WSSS4LUAD's slides). Image-only models work: no text is embedded.
+SICAPv2, SkinCancer, MHIST), else a stratified split that never cuts a group (WSSS4LUAD's slides,
+BACH's patient blocks, Osteo's patients, LC25000's near-duplicate groups from a groups.csv);
+LC25000, BACH and Osteo are never split without groups. Image-only models work: no text is
+embedded.
 """
 
 from __future__ import annotations

@@ -56,6 +56,9 @@ class Task(ABC):
         """Evaluate on ``data`` (fitting on ``train`` where the task needs it)."""
 
     def result(self, data: Data, metrics: dict[str, float], n: int, **kwargs: Any) -> TaskResult:
+        """The result record; what the loader skipped (``data.notes``) goes into its details."""
+        if data.notes:
+            kwargs["details"] = {**kwargs.get("details", {}), "dataset_notes": list(data.notes)}
         return TaskResult(self.name, self.task_type, data.name, metrics, n, **kwargs)
 
 

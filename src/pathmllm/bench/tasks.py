@@ -57,6 +57,8 @@ for _d in _PMEB_CLASSIFICATION:
     register_task(TaskSpec(f"zs-{_d}", "zero-shot", _d, description=f"zero-shot classification on {_d}"),
                   suites=("pmeb",))
 register_task(TaskSpec("zs-mhist", "zero-shot", "mhist", description="zero-shot on MHIST (a candidate, not in pmeb)"))
+register_task(TaskSpec("zs-skincancer-tumor", "zero-shot", "skincancer-tumor",
+                       description="zero-shot on SkinCancer's 4 tumour classes (QuiltNet skin_tumor; not in pmeb)"))
 for _d in ("arch-books", "arch-pubmed"):
     register_task(TaskSpec(f"ret-{_d}", "retrieval", _d, description=f"image<->text retrieval on {_d}"),
                   suites=("pmeb",))

@@ -44,8 +44,10 @@ def zero_shot_predict(image_vectors: np.ndarray, prototypes: np.ndarray) -> np.n
 class ZeroShotClassificationTask(Task):
     """Zero-shot classification: class names x prompt templates, ensembled.
 
-    Options: ``templates`` (default: the dataset's), ``collapse_threshold`` (0.9: warn when one
-    class takes at least this fraction of the predictions).
+    Options: ``templates`` (default: the dataset's), ``class_names`` (``{raw class: prompt name}``
+    replacing the dataset's prompt-name map, e.g. for WSSS4LUAD whose PMEB names are unknown, or
+    BACH's plainer names), ``collapse_threshold`` (0.9: warn when one class takes at least this
+    fraction of the predictions). The details record which prompt-name map was used.
     """
 
     task_type = "zero-shot"
@@ -56,7 +58,15 @@ class ZeroShotClassificationTask(Task):
         assert isinstance(data, ClassificationSet)
         start = time.perf_counter()
         templates = tuple(self.options.get("templates") or data.templates)
-        protos = class_prototypes(embedder, data.class_names, templates)
+        override = self.options.get("class_names")
+        if override:
+            unknown = [c for c in data.classes if c not in override]
+            if unknown:
+                raise ValueError(f"{data.name}: the class_names option lacks the class(es) {', '.join(unknown)}")
+            class_names, prompt_source = [str(override[c]) for c in data.classes], "the task's class_names option"
+        else:
+            class_names, prompt_source = list(data.class_names), data.prompt_names
+        protos = class_prototypes(embedder, class_names, templates)
         vecs = embedder.embed_images(data.images)
         check_same_space(vecs, protos, str(embedder.name))
         pred = zero_shot_predict(vecs, protos)
@@ -65,7 +75,8 @@ class ZeroShotClassificationTask(Task):
         if collapsed is not None:
             warn(warnings, f"{embedder.name} on {data.name}: {collapsed[1]:.0%} of the images were classified as "
                            f"{data.classes[collapsed[0]]!r}; the zero-shot predictions collapsed into one class")
-        details = {"classes": list(data.classes), "templates": list(templates),
+        details = {"classes": list(data.classes), "class_names": class_names,
+                   "prompt_names": prompt_source or "not recorded", "templates": list(templates),
                    "per_class_recall": per_class_recall(data.labels, pred, data.classes),
                    "prediction_counts": {data.classes[c]: int(np.sum(pred == c)) for c in range(len(data.classes))}}
         return self.result(data, classification_metrics(data.labels, pred), len(data), warnings=warnings,

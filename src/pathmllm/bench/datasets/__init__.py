@@ -9,10 +9,13 @@ from pathmllm.bench.datasets.base import (
     DatasetInfo,
     DatasetLayoutError,
     DatasetNotFoundError,
+    GroupsRequiredError,
     H5Image,
     ImageRef,
+    ParquetImage,
     SplitNotAvailableError,
     VQASet,
+    ZipImage,
     dataset_info,
     find_dataset_root,
     load_builtin_datasets,
@@ -24,6 +27,7 @@ from pathmllm.bench.datasets.base import (
 
 __all__ = [
     "DATASETS", "CaptionSet", "ClassificationSet", "Data", "DatasetInfo", "DatasetLayoutError",
-    "DatasetNotFoundError", "H5Image", "ImageRef", "SplitNotAvailableError", "VQASet", "dataset_info", "find_dataset_root",
+    "DatasetNotFoundError", "GroupsRequiredError", "H5Image", "ImageRef", "ParquetImage", "SplitNotAvailableError",
+    "VQASet", "ZipImage", "dataset_info", "find_dataset_root",
     "load_builtin_datasets", "read_images", "register_dataset", "split_train_test", "subsample",
 ]

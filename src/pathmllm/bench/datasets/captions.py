@@ -1,33 +1,45 @@
 """ARCH (books and PubMed sets): images with captions, for cross-modal retrieval.
 
-The public download unpacks to ``books_set/`` and ``pubmed_set/``, each with ``captions.json``
-(a mapping of row number to ``{"caption", "uuid", ...}``; the books set adds ``figure_id`` and
-``letter``) and ``images/<uuid>.<png|jpg>``. Several rows share a caption when one figure has
-several panels, so a caption is one gallery item with several matching images.
+The public zips unpack to ``books_set/`` and ``pubmed_set/`` (plus ``__MACOSX/`` junk), each with
+``README.md``, ``captions.json`` and ``images/``. ``captions.json`` is a JSON *object* keyed by
+row-index strings (pandas ``to_json(orient="index")``). Books rows are ``{figure_id, letter,
+caption, uuid}`` with ``images/<uuid>.png``; 35 of its 4,305 rows have no image. A *bag* is the
+rows sharing a ``figure_id``: every image of a bag matches the bag's caption. PubMed rows are
+``{caption, uuid}`` with ``images/<uuid>.jpg`` or ``.png``; its 3,309 rows carry 3,285 distinct
+captions, so the ground truth is keyed by uuid: every row is its own image query.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from pathmllm.bench.datasets.base import (
-    IMAGE_SUFFIXES,
     CaptionSet,
     DatasetInfo,
     DatasetLayoutError,
     ImageRef,
+    files_by_stem,
+    find_dir,
+    note,
     register_dataset,
     report_missing,
+    require_images,
 )
+
+log = logging.getLogger(__name__)
 
 #: captions.json rows of the public books_set whose image is not in the archive
 ARCH_BOOKS_KNOWN_MISSING = 35
+_ARCH_KEYS = {"books": ("figure_id", "letter", "caption", "uuid"), "pubmed": ("caption", "uuid")}
 
 
-def caption_set(name: str, pairs: list[tuple[ImageRef, str]]) -> CaptionSet:
-    """Unique images and unique captions from (image, caption) pairs, linked both ways."""
+def caption_set(name: str, pairs: list[tuple[ImageRef, str]], notes: list[str] | None = None) -> CaptionSet:
+    """Unique images and unique captions from (image, caption) pairs, linked both ways. Captions
+    are stripped (ARCH's mostly start with a space) and runs of whitespace collapsed; an identical
+    caption text is one gallery item matching all its images."""
     text_index: dict[str, int] = {}
     image_index: dict[str, int] = {}
     images: list[ImageRef] = []
@@ -44,46 +56,65 @@ def caption_set(name: str, pairs: list[tuple[ImageRef, str]]) -> CaptionSet:
             positives.append([])
         if t not in positives[image_index[key]]:
             positives[image_index[key]].append(t)
-    return CaptionSet(name, images, list(text_index), positives)
+    return CaptionSet(name, images, list(text_index), positives, notes=list(notes or []))
 
 
-def _arch_loader(subset: str, allowed_missing: int) -> Any:
+def _arch_loader(subset: str) -> Any:
     def load(root: Path, split: str | None = None) -> CaptionSet:
         name = f"arch-{subset}"
-        folder = root if (root / "captions.json").is_file() else root / f"{subset}_set"
-        table = folder / "captions.json"
-        if not table.is_file():
+        folder = find_dir(root, lambda d: d.name == f"{subset}_set" and (d / "captions.json").is_file()) or \
+            find_dir(root, lambda d: (d / "captions.json").is_file() and (d / "images").is_dir(), max_depth=0)
+        if folder is None:
             raise DatasetLayoutError(f"{name}: expected {subset}_set/captions.json in {root}")
-        images_dir = folder / "images"
+        table, images_dir = folder / "captions.json", folder / "images"
         if not images_dir.is_dir():
             raise DatasetLayoutError(f"{name}: expected the folder {images_dir} beside captions.json")
         try:
-            rows = json.loads(table.read_text(encoding="utf-8"))
+            data = json.loads(table.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DatasetLayoutError(f"{name}: {table} is not valid JSON ({exc})") from None
-        items = list(rows.values()) if isinstance(rows, dict) else rows
-        if not items or not all(isinstance(r, dict) and "uuid" in r and "caption" in r for r in items):
-            raise DatasetLayoutError(f"{name}: {table} must map row numbers to objects with 'uuid' and 'caption'")
-        files = {p.stem: p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        if not isinstance(data, dict) or not data:
+            raise DatasetLayoutError(f"{name}: {table} must be a JSON object keyed by row index ('0', '1', ...: "
+                                     f"pandas orient='index'); got {type(data).__name__}")
+        keys = _ARCH_KEYS[subset]
+        notes: list[str] = []
+        rows, malformed = [], []
+        for k, r in data.items():
+            if isinstance(r, dict) and all(c in r for c in keys) and str(r["uuid"]).strip():
+                rows.append(r)
+            else:
+                malformed.append(str(k))
+        if malformed:
+            note(name, notes, f"{len(malformed)} row(s) of {table.name} lack {', '.join(keys)}; skipped: "
+                              f"{', '.join(malformed[:5])}")
+        files = files_by_stem(images_dir)  # the uuid, with either extension
+        bags: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:  # books: a bag is the rows sharing a figure_id; PubMed: one row each
+            bags.setdefault(str(r["figure_id"]) if subset == "books" else f"uuid:{r['uuid']}", []).append(r)
         pairs: list[tuple[ImageRef, str]] = []
         missing = []
-        for r in items:
-            p = files.get(str(r["uuid"]))
-            if p is None:
-                missing.append(str(r["uuid"]))
-                continue
-            pairs.append((str(p), str(r["caption"])))
-        report_missing(name, missing, len(items), images_dir, "captions", allowed=allowed_missing)
-        return caption_set(name, pairs)
+        for bag in bags.values():
+            captions = list(dict.fromkeys(str(r["caption"]).strip() for r in bag))
+            for r in bag:
+                p = files.get(str(r["uuid"]).strip())
+                if p is None:
+                    missing.append(str(r["uuid"]))
+                    continue
+                pairs += [(str(p), c) for c in captions]
+        report_missing(name, missing, len(rows), images_dir, "rows", notes,
+                       expected=ARCH_BOOKS_KNOWN_MISSING if subset == "books" else None)
+        require_images(name, pairs, images_dir, f"rows of {table.name}")
+        return caption_set(name, pairs, notes)
 
     return load
 
 
-for _subset, _allowed, _n in (("books", ARCH_BOOKS_KNOWN_MISSING, "4270 images, 3210 unique captions"),
-                              ("pubmed", 0, "3309 images, 3285 unique captions")):
+for _subset, _n in (("books", "4,305 rows, 4,270 images; bags by figure_id"),
+                    ("pubmed", "3,309 images (3,272 jpg, 37 png), 3,285 distinct captions")):
     register_dataset(DatasetInfo(
-        f"arch-{_subset}", "captions", _arch_loader(_subset, _allowed), folders=("ARCH", "arch"),
+        f"arch-{_subset}", "captions", _arch_loader(_subset), folders=("ARCH", "arch"),
         url="https://warwick.ac.uk/fac/cross_fac/tia/data/arch",
-        layout=f"{_subset}_set/captions.json ({{row: {{caption, uuid, ...}}}}) + {_subset}_set/images/<uuid>.png|jpg",
+        layout=f"{_subset}_set/captions.json ({{\"0\": {{{', '.join(_ARCH_KEYS[_subset])}}}, ...}}) + "
+               f"{_subset}_set/images/<uuid>.{'png' if _subset == 'books' else 'jpg|png'} (__MACOSX/ ignored)",
         reference="Gamper & Rajpoot 2021, CVPR (multiple instance captioning)", licence="CC-BY-NC-SA-4.0",
         description=f"ARCH {_subset} set: {_n}"))

@@ -28,7 +28,6 @@ from pathmllm.bench.datasets.base import (
     ImageRef,
     SplitNotAvailableError,
     VQASet,
-    report_missing,
 )
 from pathmllm.bench.datasets.captions import caption_set
 
@@ -83,7 +82,10 @@ def load_manifest(path: Path, split: str | None = None) -> Data:
             missing.append(f"{r['image']} (line {n})")
         else:
             present.append((str(p), r))
-    report_missing(name, missing, len(rows), base, "rows")
+    if missing:  # your own manifest: absent images are an error, not a known gap of a public download
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DatasetLayoutError(f"{name}: {len(missing)} of {len(rows)} rows name images that are not in {base} "
+                                 f"(e.g. {shown}). Fix the image paths (relative to the manifest's folder).")
     if kind == "classification":
         keys = sorted({str(r["label"]) for _, r in present})
         readable = {str(r["label"]): str(r.get("class_name") or r["label"]) for _, r in present}
