@@ -24,6 +24,9 @@ def _entry(rank: int, world_size: int, init_file: str, worker: Callable[..., Non
     )
     try:
         worker(rank, world_size, *args)
+        # every rank finishes its collectives before any tears gloo down: a rank that destroyed
+        # its group while the other still used the connection aborted it (SIGABRT) in CI
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

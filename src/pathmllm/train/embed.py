@@ -427,6 +427,7 @@ def train(cfg: TrainEmbedConfig, resume: bool = False, overwrite: bool = False) 
 
         write_json(out / "metrics.json", metrics)
     acc.wait_for_everyone()
+    acc.end_training()  # tears the process group down on every rank together
     return TrainEmbedResult(str(out), str(out / "model"), done, train_seconds, metrics)
 
 
