@@ -293,3 +293,114 @@ def _false_negative_mask(keys: Tensor, labels: Tensor, sizes: list[int], distrib
     mask[torch.arange(labels.shape[0], device=labels.device), labels] = False
     return mask
 
+
+
+# --------------------------------------------------------------------------------------------
+# Hierarchical losses (MLLM-HWSI): scale ↔ text granularity contrast, cross-scale consistency
+
+#: visual scales, finest first, and the text granularity each is contrasted with
+HIERARCHY_SCALES: tuple[str, ...] = ("cell", "patch", "region", "slide")
+SCALE_TO_TEXT: dict[str, str] = {"cell": "word", "patch": "phrase", "region": "sentence", "slide": "paragraph"}
+
+
+def hierarchical_contrastive_loss(
+    visual: dict[str, Tensor],
+    text: dict[str, Tensor],
+    weights: dict[str, float] | None = None,
+    *,
+    temperature: float | Tensor = 0.05,
+    gather: bool = True,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-scale symmetric InfoNCE between visual scales and text granularities, weighted.
+
+    Scale ``cell`` is contrasted with ``word`` text, ``patch`` with ``phrase``, ``region`` with
+    ``sentence`` and ``slide`` with ``paragraph`` (:data:`SCALE_TO_TEXT`); each term is
+    :func:`info_nce` (symmetric, cosine similarity, gathered across processes when
+    ``gather``), so its distributed gradient convention applies.
+
+    Args:
+        visual: per scale a ``(B, D)`` pooled visual vector.
+        text: per scale a ``(B, D)`` text embedding, keyed by the scale (``"cell"``) or by its
+            text granularity (``"word"``).
+        weights: per scale weight (default 1.0 for every scale in ``visual``); scales with
+            weight 0 or absent from ``weights`` are skipped entirely (not computed).
+        temperature: InfoNCE temperature.
+        gather: passed to :func:`info_nce`.
+
+    Returns:
+        ``(total, terms)``: the scalar ``sum_s weights[s] * terms[s]`` and the unweighted
+        per-scale losses of the computed scales.
+    """
+    if weights is None:
+        weights = {s: 1.0 for s in visual}
+    terms: dict[str, Tensor] = {}
+    total: Tensor | None = None
+    for scale, weight in weights.items():
+        if weight == 0:
+            continue
+        if scale not in visual:
+            raise KeyError(f"hierarchical_contrastive_loss: weight given for scale {scale!r} but no visual vector")
+        granularity = SCALE_TO_TEXT.get(scale, scale)
+        if scale in text:
+            txt = text[scale]
+        elif granularity in text:
+            txt = text[granularity]
+        else:
+            raise KeyError(
+                f"hierarchical_contrastive_loss: no text for scale {scale!r} (looked for {scale!r} and {granularity!r})"
+            )
+        terms[scale] = info_nce(visual[scale], txt, temperature=temperature, symmetric=True, gather=gather)
+        total = terms[scale] * weight if total is None else total + terms[scale] * weight
+    if total is None:
+        raise ValueError("hierarchical_contrastive_loss: every scale has weight 0")
+    return total, terms
+
+
+def cross_scale_consistency_loss(
+    visual: dict[str, Tensor],
+    order: Sequence[str] = HIERARCHY_SCALES,
+    weights: dict[str, float] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``1 - cos`` between the pooled vectors of adjacent scales, averaged over the batch.
+
+    Args:
+        visual: per scale a ``(B, D)`` vector (same ``B`` and ``D`` for every scale in ``order``).
+        order: the scales from fine to coarse; pairs are ``(order[i], order[i + 1])``.
+        weights: per pair weight keyed ``"fine-coarse"`` (e.g. ``"cell-patch"``), default 1.0;
+            pairs with weight 0 are skipped.
+
+    Returns:
+        ``(total, terms)``: the scalar weighted sum and the unweighted per-pair means
+        ``mean_b (1 - cos(visual[a][b], visual[c][b]))`` keyed ``"a-c"``. Both sides receive
+        gradients (no stop-gradient).
+    """
+    if len(order) < 2:
+        raise ValueError(f"cross_scale_consistency_loss: need at least two scales, got {tuple(order)}")
+    missing = [s for s in order if s not in visual]
+    if missing:
+        raise KeyError(f"cross_scale_consistency_loss: no visual vector for scales {missing}")
+    terms: dict[str, Tensor] = {}
+    total: Tensor | None = None
+    for fine, coarse in zip(order[:-1], order[1:]):
+        key = f"{fine}-{coarse}"
+        weight = 1.0 if weights is None else weights.get(key, 1.0)
+        if weight == 0:
+            continue
+        a, b = visual[fine], visual[coarse]
+        if a.shape != b.shape or a.ndim != 2:
+            raise ValueError(f"cross_scale_consistency_loss: {key} needs two (B, D) tensors of one shape, "
+                             f"got {tuple(a.shape)} and {tuple(b.shape)}")
+        dtype = torch.promote_types(a.dtype, torch.float32)
+        terms[key] = (1.0 - F.cosine_similarity(a.to(dtype), b.to(dtype), dim=-1)).mean()
+        total = terms[key] * weight if total is None else total + terms[key] * weight
+    if total is None:
+        raise ValueError("cross_scale_consistency_loss: every pair has weight 0")
+    return total, terms
+
+
+__all__ += [
+    "HIERARCHY_SCALES",
+    "SCALE_TO_TEXT",
+    "cross_scale_consistency_loss",
+    "hierarchical_contrastive_loss",
+]
