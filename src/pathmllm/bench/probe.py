@@ -11,6 +11,7 @@ embedded.
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,9 @@ class _ProbeTask(Task):
     needs_train = True
     main_metrics = ("balanced_accuracy", "accuracy", "weighted_f1")
 
+    @abstractmethod
     def predict(self, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Labels of ``test_x`` from a classifier fitted on ``(train_x, train_y)`` (kNN, logistic regression)."""
 
     def run(self, data: Data, embedder: Any, train: Data | None = None) -> TaskResult:
         assert isinstance(data, ClassificationSet) and isinstance(train, ClassificationSet)
