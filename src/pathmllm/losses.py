@@ -310,6 +310,7 @@ def hierarchical_contrastive_loss(
     *,
     temperature: float | Tensor = 0.05,
     gather: bool = True,
+    keys: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-scale symmetric InfoNCE between visual scales and text granularities, weighted.
 
@@ -326,6 +327,9 @@ def hierarchical_contrastive_loss(
             weight 0 or absent from ``weights`` are skipped entirely (not computed).
         temperature: InfoNCE temperature.
         gather: passed to :func:`info_nce`.
+        keys: optional per scale (or text granularity) ``(B,)`` integer ids of the texts; rows
+            with the same id (e.g. two slides with the same diagnosis phrase) are not each
+            other's negatives (:func:`info_nce` ``keys``).
 
     Returns:
         ``(total, terms)``: the scalar ``sum_s weights[s] * terms[s]`` and the unweighted
@@ -349,7 +353,10 @@ def hierarchical_contrastive_loss(
             raise KeyError(
                 f"hierarchical_contrastive_loss: no text for scale {scale!r} (looked for {scale!r} and {granularity!r})"
             )
-        terms[scale] = info_nce(visual[scale], txt, temperature=temperature, symmetric=True, gather=gather)
+        k = None
+        if keys is not None:
+            k = keys.get(scale, keys.get(granularity))
+        terms[scale] = info_nce(visual[scale], txt, temperature=temperature, symmetric=True, gather=gather, keys=k)
         total = terms[scale] * weight if total is None else total + terms[scale] * weight
     if total is None:
         raise ValueError("hierarchical_contrastive_loss: every scale has weight 0")

@@ -79,7 +79,7 @@ def suite_names() -> list[str]:
 def suite_tasks(suite: str) -> list[TaskSpec]:
     specs = [e.obj for e in TASKS if suite in e.metadata.get("suites", ())]
     if not specs:
-        raise KeyError(f"unknown suite {suite!r}; known: {', '.join(suite_names())}")
+        raise KeyError(f"unknown suite {suite!r}; known: {', '.join(suite_names())}, slide-qa (slide models)")
     return sorted(specs, key=lambda s: (list(TASK_TYPES).index(s.task_type), s.name))
 
 

@@ -75,7 +75,7 @@ def run(
     model: Annotated[str, typer.Option("--model", "-m", help="Universal embedder (tiny-qwen2-vl, checkpoint folder ...), "
                                        "CLIP pair (quiltnet-b32, open_clip:<arch>, plip ...) or patch encoder.")],
     task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="Task name or <type>:<dataset> (repeatable).")] = None,  # noqa: UP045
-    suite: Annotated[Optional[str], typer.Option("--suite", "-s", help="pmeb, probe or pmeb-extra.")] = None,  # noqa: UP045
+    suite: Annotated[Optional[str], typer.Option("--suite", "-s", help="pmeb, probe, pmeb-extra, or slide-qa (a slide model: needs --qa and --stores).")] = None,  # noqa: UP045
     data_root: Annotated[Optional[Path], typer.Option("--data-root", "-d", help="Folder with one folder per dataset.")] = None,  # noqa: UP045
     data: Annotated[Optional[list[str]], typer.Option("--data", help="NAME=PATH for one dataset (repeatable).")] = None,  # noqa: UP045
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (<model>.json).")] = Path("bench_results"),
@@ -86,11 +86,22 @@ def run(
     device: Annotated[str, typer.Option("--device")] = "auto",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b")] = None,  # noqa: UP045
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    qa: Annotated[Optional[Path], typer.Option("--qa", help="slide-qa suite: the slide-QA file (WSI-Bench, SlideBench, ... or pathmllm JSONL).")] = None,  # noqa: UP045
+    stores: Annotated[Optional[Path], typer.Option("--stores", help="slide-qa suite: the slide stores folder.")] = None,  # noqa: UP045
+    slides: Annotated[Optional[Path], typer.Option("--slides", help="slide-qa suite: folder of slide files (missing stages are run).")] = None,  # noqa: UP045
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="slide-qa suite: longest answer.")] = 128,
 ) -> None:
     """Run tasks for one model; write OUT/<model>.json (reruns replace a task's entry).
 
+    [bold]--suite slide-qa[/bold] evaluates a slide model (OUT/model of `pathmllm train slide`) on
+    --qa with the slides in --stores: closed accuracy, BLEU-1..4, ROUGE-L, METEOR, report->slide
+    Recall@K; writes OUT/<model>-slide-qa.json.
+
     Exit code 0: all tasks ran; 1: some failed (listed); 2: bad input or none could run.
     """
+    if suite == "slide-qa":
+        _run_slide_qa(model, qa, stores, slides, out, limit, device, max_new_tokens)
+        return
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -127,6 +138,45 @@ def run(
     console.print(f"results -> {res.results_path}", highlight=False, soft_wrap=True)
     if res.errors:
         raise typer.Exit(1 if len(res.errors) < len(res.tasks_run) else 2)
+
+
+def _run_slide_qa(model: str, qa: Path | None, stores: Path | None, slides: Path | None, out: Path,
+                  limit: int | None, device: str, max_new_tokens: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pathmllm.bench.slide_qa import evaluate_slide_qa
+    from pathmllm.models.backbone import CheckpointError
+    from pathmllm.models.hierarchy.ask import load_slide_model
+    from pathmllm.utils.atomic import write_json
+
+    if qa is None or stores is None:
+        _fail("--suite slide-qa needs --qa FILE (the questions) and --stores DIR (the slide stores)")
+    try:
+        slide_model, spec = load_slide_model(model, device=device)
+        res = evaluate_slide_qa(slide_model, spec, qa, stores, slides=slides, max_questions=limit,
+                                max_new_tokens=max_new_tokens)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    summary = {"model": model, "qa": str(qa), **res.summary()}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{Path(model).name or 'model'}-slide-qa.json"
+    write_json(path, {**summary, "rows": res.rows})
+    table = Table(title=f"slide-qa: {model} ({summary['n_questions']} questions)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if res.closed_accuracy is not None:
+        table.add_row("closed accuracy", f"{res.closed_accuracy:.3f} (n={summary['n_closed']})")
+    for k, v in (res.open_scores or {}).items():
+        table.add_row(k, f"{v:.3f}")
+    for k, v in (res.retrieval or {}).items():
+        table.add_row(f"report->slide {k}", f"{v:.3f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+    for s in res.skipped:
+        Console(stderr=True).print(f"[yellow]skipped:[/] {s}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"results -> {path}", highlight=False, soft_wrap=True)
+    if res.skipped:
+        raise typer.Exit(1)
 
 
 def _print_summary(console: object, results: dict, names: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""``pathmllm slide``: info, tile, export-patches, cells."""
+"""``pathmllm slide``: info, tile, export-patches, cells, features, ask, report."""
 
 from __future__ import annotations
 
@@ -356,3 +356,13 @@ def features(
     ray_options = {"num_gpus": 1} if engine == Engine.ray and device != "cpu" else None
     _run("features", slides, problems, extract_slide_features, kwargs, engine,
          1 if engine == Engine.local else workers, ray_address, out, as_json, ray_options)
+
+
+def _register_ask() -> None:
+    from pathmllm.cli.slide_ask import ask, report
+
+    app.command("ask")(ask)
+    app.command("report")(report)
+
+
+_register_ask()

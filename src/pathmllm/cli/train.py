@@ -1,4 +1,5 @@
-"""``pathmllm train``: training recipes (``cells``: the hovernet-lite nucleus segmenter)."""
+"""``pathmllm train``: training recipes (``cells``: the hovernet-lite nucleus segmenter; ``embed``:
+the universal embedder; ``slide``: the hierarchical slide LLM, three stages)."""
 
 from __future__ import annotations
 
@@ -133,4 +134,49 @@ def embed(
     line = f"{result.steps} steps in {result.train_seconds / 60:.1f} min"
     if final:
         line += f"; held-out zero-shot balanced accuracy {final['balanced_accuracy']:.3f} (n={final['n']})"
+    typer.echo(f"{line}\nmodel: {result.model_dir}\nmetrics: {Path(result.out) / 'metrics.json'}")
+
+
+@app.command("slide")
+def slide(
+    overrides: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Argument(help="Config overrides as key.path=value, e.g. init=out/s1/model data.train=qa.jsonl."),
+    ] = None,
+    stage: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--stage", help="1: CCAF + aggregators (contrastive, consistency); 2: projector alignment on "
+                     "reports; 3: instruction tuning (LoRA)."),
+    ] = None,
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", "-c", help="YAML recipe (e.g. configs/slide/virtual.yaml); defaults if omitted."),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an OUT that holds a run.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Train one stage of the hierarchical slide LLM (MLLM-HWSI); stages 2 and 3 start from
+    init=<previous stage's OUT/model>. Several processes with [bold]accelerate launch -m pathmllm train slide ...[/bold].
+
+    Writes OUT/model (for `pathmllm slide ask --model OUT/model` and the next stage),
+    OUT/metrics.json, OUT/log.jsonl, OUT/config.yaml and OUT/checkpoints/last.
+    Exit code 2 for a bad config, missing data or a checkpoint that does not match the config.
+    """
+    from pathmllm.train.slide import load_config, train
+
+    def load(path: Any, items: list[str]) -> Any:
+        return load_config(path, items, stage=stage)
+
+    result = _run_recipe(load, train, config, overrides, resume, overwrite, dry_run)
+    if result is None or not result.metrics:
+        return
+    if as_json:
+        typer.echo(json.dumps(result.metrics, indent=2))
+        return
+    line = f"stage {result.metrics['stage']}: {result.steps} steps in {result.train_seconds / 60:.1f} min"
+    val = result.metrics.get("val")
+    if val and val.get("closed_accuracy") is not None:
+        line += f"; held-out closed-question accuracy {val['closed_accuracy']:.3f} (n={val['n_closed']})"
     typer.echo(f"{line}\nmodel: {result.model_dir}\nmetrics: {Path(result.out) / 'metrics.json'}")

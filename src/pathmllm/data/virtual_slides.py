@@ -36,6 +36,9 @@ CLASS_NAMES = {
     "colon_aca": "colon adenocarcinoma",
     "colon_n": "benign colonic tissue",
 }
+#: one word per class for the word-level text of the hierarchical contrastive loss
+CLASS_WORDS = {"lung_aca": "adenocarcinoma", "lung_scc": "squamous", "lung_n": "benign",
+               "colon_aca": "adenocarcinoma", "colon_n": "benign"}
 
 
 @dataclass
@@ -94,6 +97,7 @@ class VirtualSlide:
                 source=str(self.path),
                 index=i,
                 image=self.path.name,
+                meta={"captions": q["captions"]} if q.get("captions") else {},
             )
             for i, q in enumerate(self.questions)
         ]
@@ -172,7 +176,9 @@ def _templated(major: str, classes: Sequence[str], counts: dict[str, int], n_cel
         {"question": "What is the diagnosis?", "options": options, "answer": letter, "answer_label": letter,
          "is_report": False, "task": "diagnosis"},
         {"question": "Write the pathology report for this slide.", "options": None, "answer": report,
-         "answer_label": None, "is_report": True, "task": "report"},
+         "answer_label": None, "is_report": True, "task": "report",
+         "captions": {"word": CLASS_WORDS.get(major, class_name(major).split()[-1]), "phrase": class_name(major),
+                      "sentence": f"Diagnosis: {class_name(major)}.", "paragraph": report}},
     ]
     return report, questions
 
@@ -275,8 +281,9 @@ def make_virtual_cohort(
     minority_fraction: float = 0.2,
     background_fraction: float = 0.2,
     mpp: float = 0.5,
+    prefix: str = "virtual",
 ) -> VirtualCohort:
-    """Write ``n_slides`` virtual slides to ``<out_dir>/slides/virtual-NNN.tiff`` and their
+    """Write ``n_slides`` virtual slides to ``<out_dir>/slides/<prefix>-NNN.tiff`` and their
     questions to ``<out_dir>/qa.jsonl``, cell labels to ``<out_dir>/cells.csv``.
 
     Only tiles whose group is in ``groups`` are used (None: all), so train and test cohorts
@@ -298,7 +305,7 @@ def make_virtual_cohort(
         major = present[i % len(present)]
         slides.append(
             make_virtual_slide(
-                out / "slides" / f"virtual-{i:03d}.tiff", tiles, labels, major, rng, grid=grid,
+                out / "slides" / f"{prefix}-{i:03d}.tiff", tiles, labels, major, rng, grid=grid,
                 minority_fraction=minority_fraction, background_fraction=background_fraction, mpp=mpp,
                 classes=classes,
             )

@@ -111,6 +111,12 @@ class HierarchicalSlideEncoder(nn.Module):
             layers=config.resampler_layers,
             dropout=config.dropout,
         )
+        # text side of the hierarchical contrastive loss: LM text features -> the same space as
+        # the pooled visual vectors (identity at start, so the LM's own geometry is the prior)
+        self.text_projection = nn.Linear(config.llm_hidden_size, config.llm_hidden_size)
+        with torch.no_grad():
+            self.text_projection.weight.copy_(torch.eye(config.llm_hidden_size))
+            self.text_projection.bias.zero_()
 
     def _check(self, batch: HierarchyBatch) -> tuple[int, int, int, int]:
         if batch.cell_features.ndim != 5:

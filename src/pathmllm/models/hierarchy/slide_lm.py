@@ -340,6 +340,32 @@ class HierarchicalSlideLM(nn.Module):
         position_ids = (new_attention.cumsum(1) - 1).clamp_min(0)
         return SlideInputs(embeds, new_attention, position_ids, slide_mask, new_labels)
 
+    def embed_texts(self, texts: list[str], *, max_length: int | None = None) -> Tensor:
+        """Text vectors ``(n, L)`` in the space of the pooled visual vectors.
+
+        The masked mean of the LM's last hidden states over the text's tokens (computed without
+        gradient: the LM is the frozen text tower), then the encoder's trainable
+        ``text_projection``. These are the text side of the hierarchical contrastive loss and of
+        evidence scores.
+        """
+        if not texts:
+            raise ValueError("embed_texts needs at least one text")
+        device = next(self.llm.parameters()).device
+        limit = max_length or self.max_positions or 512
+        enc = self.tokenizer(list(texts), add_special_tokens=False, padding=True, truncation=True,
+                             max_length=limit, return_tensors="pt")
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        empty = (mask.sum(1) == 0).nonzero()
+        if len(empty):
+            raise ValueError(f"text {int(empty[0, 0])} is empty after tokenization")
+        with torch.no_grad():
+            out = self.llm(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            hidden = out.hidden_states[-1].float()
+            w = mask.to(hidden.dtype)[..., None]
+            pooled = (hidden * w).sum(1) / w.sum(1)
+        proj = self.encoder.text_projection
+        return proj(pooled.to(proj.weight.dtype))
+
     # ------------------------------------------------------------------ forward / generate
     def forward(
         self,

@@ -111,6 +111,7 @@ def load_slide_hierarchy(
     max_patches_per_region: int | None = None,
     question_vec: Any | None = None,
     relevance_weight: float = 0.5,
+    selection_map: Any | None = None,
     cell_mean: Any | None = None,
     cell_std: Any | None = None,
 ) -> SlideHierarchy:
@@ -125,6 +126,9 @@ def load_slide_hierarchy(
         max_patches_per_region: keep at most this many patches per region (:func:`select_patches`).
         question_vec: optional ``(Fp,)`` question embedding in the patch-feature space.
         relevance_weight: weight of relevance vs diversity in selection (with a question).
+        selection_map: optional callable ``(n, Fp) array -> (n, D) array`` mapping patch features
+            into the space of ``question_vec`` before selection (e.g. the slide model's patch
+            projector, so a question embedded by the model's text tower can rank patches).
         cell_mean, cell_std: optional ``(F,)`` statistics; cell features become ``(x - mean) / std``.
 
     Raises:
@@ -202,17 +206,20 @@ def load_slide_hierarchy(
     starts = np.concatenate([[0], np.cumsum(n_cells_total)])
 
     # regions and their patches
+    sel = feats if selection_map is None else np.asarray(selection_map(feats), dtype=np.float32)
+    if sel.shape[0] != n:
+        raise ValueError(f"selection_map returned {sel.shape[0]} rows for {n} patches")
     region_ids = np.unique(region_index)
     members = [np.flatnonzero(region_index == r) for r in region_ids]
     if max_regions is not None and len(region_ids) > max_regions:
-        vecs = np.stack([feats[m].mean(0) for m in members])
+        vecs = np.stack([sel[m].mean(0) for m in members])
         keep = np.sort(select_regions(vecs, max_regions, question_vec, relevance_weight))
         region_ids = region_ids[keep]
         members = [members[i] for i in keep]
     if max_patches_per_region is not None:
         members = [
             m if len(m) <= max_patches_per_region
-            else m[np.sort(select_patches(feats[m], max_patches_per_region, question_vec, relevance_weight))]
+            else m[np.sort(select_patches(sel[m], max_patches_per_region, question_vec, relevance_weight))]
             for m in members
         ]
 
