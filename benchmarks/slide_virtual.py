@@ -24,22 +24,11 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TILES = ROOT.parent / "shared" / "data" / "tiles" / "lc25000-lung"
 CONFIG = ROOT / "configs" / "slide" / "virtual.yaml"
-
-
-def _prepare(args: tuple[str, str, dict]) -> str:
-    import torch
-
-    from pathmllm.models.hierarchy.pipeline import SlidePipelineSpec, prepare_slide
-
-    torch.set_num_threads(1)
-    path, stores, spec = args
-    return str(prepare_slide(path, stores, SlidePipelineSpec(**spec), device="cpu"))
 
 
 def build_cohorts(out: Path, n_train: int, n_test: int, workers: int = 2, seed: int = 0) -> dict:
@@ -48,6 +37,7 @@ def build_cohorts(out: Path, n_train: int, n_test: int, workers: int = 2, seed: 
     import yaml
 
     from pathmllm.data.virtual_slides import make_virtual_cohort, read_tile_groups
+    from pathmllm.models.hierarchy.pipeline import SlidePipelineSpec, prepare_slides
 
     rows = read_tile_groups(TILES)
     groups = sorted({g for _, _, g in rows})
@@ -69,11 +59,11 @@ def build_cohorts(out: Path, n_train: int, n_test: int, workers: int = 2, seed: 
     train = make_virtual_cohort(TILES, out / "train", n_train, groups=train_g, seed=seed, prefix="train")
     test = make_virtual_cohort(TILES, out / "test", n_test, groups=test_g, seed=seed + 1, prefix="test")
     t_make = time.perf_counter() - t0
-    spec = yaml.safe_load(CONFIG.read_text())["pipeline"]
-    jobs = [(str(s.path), str(out / "stores"), spec) for s in train.slides + test.slides]
+    spec = SlidePipelineSpec(**yaml.safe_load(CONFIG.read_text())["pipeline"])
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_prepare, jobs))
+    _, problems = prepare_slides([s.path for s in train.slides + test.slides], out / "stores", spec, workers=workers)
+    if problems:
+        raise RuntimeError("preparing the virtual slides failed:\n" + "\n".join(problems))
     return {"make_s": round(t_make, 1), "prepare_s": round(time.perf_counter() - t0, 1),
             "train_slides": len(train.slides), "test_slides": len(test.slides),
             "train_groups": len(train_g), "test_groups": len(test_g)}

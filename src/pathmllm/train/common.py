@@ -54,3 +54,19 @@ def truncate_log(path: Path, step: int) -> None:
 def append_log(path: Path, record: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def time_is_up(acc: Any, elapsed: float, max_minutes: float | None) -> bool:
+    """Whether a run with ``max_minutes`` stops now, decided by the main process and shared with
+    every process (each one's own clock could disagree, and one process leaving the loop alone
+    would leave the others waiting forever)."""
+    if max_minutes is None:
+        return False
+    import torch
+
+    flag = torch.tensor([1.0 if elapsed > max_minutes * 60 else 0.0], device=acc.device)
+    if acc.num_processes > 1:
+        import torch.distributed as dist
+
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())

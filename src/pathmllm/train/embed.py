@@ -35,7 +35,14 @@ from typing import Any
 import numpy as np
 
 from pathmllm.data.pairs import PairRecord, read_pairs_manifest
-from pathmllm.train.common import RunExistsError, append_log, loadavg, lr_at, truncate_log
+from pathmllm.train.common import (
+    RunExistsError,
+    append_log,
+    loadavg,
+    lr_at,
+    time_is_up,
+    truncate_log,
+)
 from pathmllm.utils.config import load_yaml_config
 
 log = logging.getLogger(__name__)
@@ -405,7 +412,7 @@ def train(cfg: TrainEmbedConfig, resume: bool = False, overwrite: bool = False) 
                 append_log(log_path, {"step": done, "eval": res})
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
             _save_checkpoint(acc, ckpt, done)
-        stop = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
+        stop = time_is_up(acc, elapsed, cfg.max_minutes)
         if stop:
             log.info("max_minutes reached after %d steps", done)
         acc.wait_for_everyone()

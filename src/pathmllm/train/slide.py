@@ -45,13 +45,21 @@ import logging
 import os
 import re
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pathmllm.train.common import RunExistsError, append_log, loadavg, lr_at, truncate_log
+from pathmllm.train.common import (
+    RunExistsError,
+    append_log,
+    loadavg,
+    lr_at,
+    time_is_up,
+    truncate_log,
+)
 from pathmllm.utils.config import load_yaml_config
 
 log = logging.getLogger(__name__)
@@ -193,6 +201,9 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
                          "model), not both: the init model already holds its LM")
     if cfg.init is None and cfg.llm is None:
         cfg.llm = "tiny-qwen2-lm"
+    if cfg.stage == 3 and cfg.lora.enabled and cfg.train_lm:
+        raise ValueError("train_lm (full fine-tuning of the LM) and lora.enabled exclude each other: set "
+                         "lora.enabled=false to train every LM weight, or train_lm=false to train LoRA adapters")
     if not cfg.data.train or not cfg.data.stores:
         raise ValueError("data.train (a slide-QA file) and data.stores (the slide stores folder) are required")
     if cfg.optim.steps < 1 or cfg.optim.batch_size < 2:
@@ -287,8 +298,9 @@ def _module_class() -> Any:
                 vecs, keys = {}, {}
                 for gran, items in texts.items():
                     vecs[gran] = m.embed_texts(items)
-                    ids = {t: i for i, t in enumerate(sorted(set(items)))}
-                    keys[gran] = torch.tensor([ids[t] for t in items], device=vecs[gran].device)
+                    # the same id for the same text on every process (ids are compared after gathering)
+                    keys[gran] = torch.tensor([zlib.crc32(t.encode("utf-8")) for t in items],
+                                              dtype=torch.long, device=vecs[gran].device)
                 c, parts = hierarchical_contrastive_loss(hierarchy.pooled, vecs, self.scale_weights,
                                                          temperature=self.temperature, keys=keys)
                 terms["contrastive"] = c
@@ -635,13 +647,13 @@ def train(cfg: TrainSlideConfig, resume: bool = False, overwrite: bool = False) 
         done = step + 1
         elapsed = time.perf_counter() - t0
         if acc.is_main_process and (done % cfg.log_every == 0 or done == 1):
-            rec = {"step": done, "loss": round(float(loss), 5), "lr": lr, "seconds": round(elapsed, 2)}
-            rec.update({k: round(float(v), 5) for k, v in terms.items()})
+            rec = {"step": done, "loss": round(loss.item(), 5), "lr": lr, "seconds": round(elapsed, 2)}
+            rec.update({k: round(v.item(), 5) for k, v in terms.items()})
             append_log(log_path, rec)
-            log.info("stage %d step %d/%d loss %.4f", cfg.stage, done, cfg.optim.steps, float(loss))
+            log.info("stage %d step %d/%d loss %.4f", cfg.stage, done, cfg.optim.steps, loss.item())
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
             _save_checkpoint(acc, ckpt, done)
-        stop = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
+        stop = time_is_up(acc, elapsed, cfg.max_minutes)
         if stop:
             log.info("max_minutes reached after %d steps", done)
         acc.wait_for_everyone()

@@ -22,6 +22,7 @@ __all__ = [
     "format_prompt",
     "load_spec",
     "prepare_slide",
+    "prepare_slides",
     "read_hierarchy",
     "store_dir",
 ]
@@ -137,6 +138,43 @@ def prepare_slide(
     extract_slide_features(slide, stores, ExtractConfig(encoder=spec.encoder, weights=spec.encoder_weights,
                                                         device=device), tiling, mpp=mpp)
     return Path(tiled.store)
+
+
+def _prepare_one(path: str, stores: str, spec: dict[str, Any], mpp: float | None, device: str) -> tuple[str, str | None]:
+    """Worker of :func:`prepare_slides`: ``(store or slide path, error message or None)``."""
+    import torch
+
+    torch.set_num_threads(1)  # one slide per process: the processes share the cores
+    try:
+        return str(prepare_slide(path, stores, SlidePipelineSpec(**spec), mpp=mpp, device=device)), None
+    except Exception as exc:  # reported, and the other slides go on
+        return path, f"{type(exc).__name__}: {exc}"
+
+
+def prepare_slides(
+    slides: list[str | os.PathLike[str]],
+    stores: str | os.PathLike[str],
+    spec: SlidePipelineSpec,
+    *,
+    workers: int = 1,
+    mpp: float | None = None,
+    device: str = "cpu",
+) -> tuple[list[Path], list[str]]:
+    """:func:`prepare_slide` for many slides, ``workers`` at a time (spawned processes, one torch
+    thread each). Returns ``(stores, problems)``: a failing slide is reported and skipped, the
+    others finish; a rerun skips the stages already done."""
+    from pathmllm.utils.pool import process_map
+
+    done: list[Path] = []
+    problems: list[str] = []
+    items = [str(s) for s in slides]
+    for path, (out, err) in zip(items, process_map(_prepare_one, items, workers,
+                                                   extra_args=(str(stores), asdict(spec), mpp, device)), strict=True):
+        if err is None:
+            done.append(Path(out))
+        else:
+            problems.append(f"{path}: {err}")
+    return done, problems
 
 
 def read_hierarchy(store: str | os.PathLike[str], spec: SlidePipelineSpec, question_vec: Any | None = None,
