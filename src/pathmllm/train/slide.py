@@ -646,11 +646,17 @@ def train(cfg: TrainSlideConfig, resume: bool = False, overwrite: bool = False) 
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         elapsed = time.perf_counter() - t0
-        if acc.is_main_process and (done % cfg.log_every == 0 or done == 1):
-            rec = {"step": done, "loss": round(loss.item(), 5), "lr": lr, "seconds": round(elapsed, 2)}
-            rec.update({k: round(v.item(), 5) for k, v in terms.items()})
-            append_log(log_path, rec)
-            log.info("stage %d step %d/%d loss %.4f", cfg.stage, done, cfg.optim.steps, loss.item())
+        if done % cfg.log_every == 0 or done == 1:
+            # averaged over processes (the contrastive terms are already global; the others are
+            # per-process means), so the log reads the same for any number of processes
+            values = torch.stack([loss.detach(), *(v.detach() for v in terms.values())]).float()
+            if world > 1:
+                values = acc.reduce(values, reduction="mean")
+            if acc.is_main_process:
+                rec = {"step": done, "loss": round(values[0].item(), 5), "lr": lr, "seconds": round(elapsed, 2)}
+                rec.update({k: round(v.item(), 5) for k, v in zip(terms, values[1:], strict=True)})
+                append_log(log_path, rec)
+                log.info("stage %d step %d/%d loss %.4f", cfg.stage, done, cfg.optim.steps, values[0].item())
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
             _save_checkpoint(acc, ckpt, done)
         stop = time_is_up(acc, elapsed, cfg.max_minutes)

@@ -140,11 +140,15 @@ def prepare_slide(
     return Path(tiled.store)
 
 
-def _prepare_one(path: str, stores: str, spec: dict[str, Any], mpp: float | None, device: str) -> tuple[str, str | None]:
-    """Worker of :func:`prepare_slides`: ``(store or slide path, error message or None)``."""
+def _one_thread() -> None:
+    """Worker initializer: one torch thread per process (the processes share the cores)."""
     import torch
 
-    torch.set_num_threads(1)  # one slide per process: the processes share the cores
+    torch.set_num_threads(1)
+
+
+def _prepare_one(path: str, stores: str, spec: dict[str, Any], mpp: float | None, device: str) -> tuple[str, str | None]:
+    """Worker of :func:`prepare_slides`: ``(store or slide path, error message or None)``."""
     try:
         return str(prepare_slide(path, stores, SlidePipelineSpec(**spec), mpp=mpp, device=device)), None
     except Exception as exc:  # reported, and the other slides go on
@@ -169,6 +173,7 @@ def prepare_slides(
     problems: list[str] = []
     items = [str(s) for s in slides]
     for path, (out, err) in zip(items, process_map(_prepare_one, items, workers,
+                                                   initializer=_one_thread if workers > 1 else None,
                                                    extra_args=(str(stores), asdict(spec), mpp, device)), strict=True):
         if err is None:
             done.append(Path(out))
