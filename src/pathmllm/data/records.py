@@ -5,10 +5,27 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    """A record a dataset reader skipped (or kept with a note), with where and why."""
+
+    source: str
+    line: int
+    reason: str
+    skipped: bool = True
+    index: int | None = None
+    """Position of the record in the file, where the format has one."""
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" + ("" if self.index is None else f" (record {self.index})")
+        return f"{where}: {self.reason}" + ("" if self.skipped else " (kept)")
 
 
 def read_records(path: str | os.PathLike[str], default: str | None = None) -> list[dict[str, Any]]:

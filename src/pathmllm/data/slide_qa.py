@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pathmllm.data.records import RecordProblem
 from pathmllm.data.slide_qa_formats import (
     LETTERS,
     answer_key,
@@ -127,17 +128,8 @@ class SlideQARecord:
         return d
 
 
-@dataclass(frozen=True)
-class SlideQAProblem:
-    """A record that was skipped (or kept with a note), with where and why."""
-
-    source: str
-    line: int
-    reason: str
-    skipped: bool = True
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.reason}" + ("" if self.skipped else " (kept)")
+SlideQAProblem = RecordProblem
+"""Alias of :class:`pathmllm.data.records.RecordProblem`."""
 
 
 class _Reader:

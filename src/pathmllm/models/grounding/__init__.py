@@ -1,0 +1,1 @@
+"""MedPLIB: region prompts, [SEG] grounding, mask decoder, Mixture-of-Experts."""
