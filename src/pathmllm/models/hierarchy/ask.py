@@ -128,8 +128,12 @@ def ask_slide(
     batch = collate_hierarchy([hierarchy]).to(q_vec.device)
     answer = model.generate(batch, [prompt], max_new_tokens=max_new_tokens)[0].strip()
     output = model.encoder(batch)
-    text_vec = model.embed_texts([evidence_text(answer, options) or full_question])[0]
-    evidence = score_evidence(hierarchy, output, text_vec, top_regions=top_regions, top_patches=top_patches)
+    chosen = evidence_text(answer, options) or full_question
+    text_vec = model.embed_texts([chosen])[0]
+    others = [o for o in (options or []) if o != chosen]
+    alternatives = model.embed_texts(others) if options and chosen in options and others else None
+    evidence = score_evidence(hierarchy, output, text_vec, top_regions=top_regions, top_patches=top_patches,
+                              alternatives=alternatives)
     timings["answer_s"] = round(time.perf_counter() - t0, 3)
 
     heat_path = None

@@ -4,7 +4,9 @@ The hierarchical contrastive loss puts the projected patch and region tokens and
 text vectors (:meth:`HierarchicalSlideLM.embed_texts`) in one space. A patch's (region's)
 evidence score for an answer is the cosine similarity between its projected token and the
 answer's text vector; the slide aggregator's attention weight of each region is reported beside
-it. Coordinates are level-0 pixels, as in ``coords.h5``.
+it. For a multiple-choice answer the score is contrastive: the cosine to the chosen option's text
+minus the highest cosine to another option's, so evidence is what supports *this* answer over
+the others. Coordinates are level-0 pixels, as in ``coords.h5``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class Evidence:
     patch_coords: np.ndarray = field(repr=False)
     """``(N, 2)`` level-0 (x, y) of every patch the model read."""
     patch_scores: np.ndarray = field(repr=False)
-    """``(N,)`` their evidence scores (cosine similarity, in [-1, 1])."""
+    """``(N,)`` their evidence scores (cosine similarity in [-1, 1]; with alternatives, the
+    margin over the best alternative, in [-2, 2])."""
     patch_size_level0: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,6 +50,7 @@ def score_evidence(
     index: int = 0,
     top_regions: int = 5,
     top_patches: int = 10,
+    alternatives: torch.Tensor | None = None,
 ) -> Evidence:
     """Rank the regions and patches of slide ``index`` of a batch by support for ``text_vector``.
 
@@ -56,21 +60,34 @@ def score_evidence(
         output: the encoder's :class:`~pathmllm.models.hierarchy.HierarchyOutput` for the batch.
         text_vector: ``(L,)`` projected text vector of the answer.
         index: row of the slide in the batch.
+        alternatives: optional ``(m, L)`` text vectors of the answers *not* given (the other
+            options of a multiple-choice question). Scores then become contrastive: the cosine
+            to the answer minus the highest cosine to an alternative, so a patch ranks high when
+            it supports this answer *rather than* the others, not merely when it is tissue.
     """
     text = F.normalize(text_vector.detach().float().reshape(1, -1), dim=-1)
+    alt = None if alternatives is None or not len(alternatives) else F.normalize(
+        alternatives.detach().float().reshape(len(alternatives), -1), dim=-1)
+
+    def score(tokens: torch.Tensor) -> np.ndarray:
+        t = F.normalize(tokens, dim=-1)
+        s = (t @ text.T).squeeze(1)
+        if alt is not None:
+            s = s - (t @ alt.T).max(1).values
+        return s.cpu().numpy()
+
     n_regions = hierarchy.n_regions
     width = output.tokens["patch"].shape[1] // output.tokens["region"].shape[1]
     patch_tok = output.tokens["patch"][index].detach().float().view(-1, width, text.shape[1])
     region_tok = output.tokens["region"][index, :n_regions].detach().float()
-    region_scores = (F.normalize(region_tok, dim=-1) @ text.T).squeeze(1).cpu().numpy()
+    region_scores = score(region_tok)
     attention = output.region_weights[index, :n_regions].detach().float().cpu().numpy()
     size = int(hierarchy.attrs.get("patch_size_level0", 0) or 0)
 
     coords, scores, rows = [], [], []
     for j in range(n_regions):
         k = len(hierarchy.patch_indices[j])
-        s = (F.normalize(patch_tok[j, :k], dim=-1) @ text.T).squeeze(1).cpu().numpy()
-        scores.append(s)
+        scores.append(score(patch_tok[j, :k]))
         coords.append(hierarchy.patch_coords[j])
         rows.extend((j, q) for q in range(k))
     all_scores = np.concatenate(scores) if scores else np.zeros(0)
