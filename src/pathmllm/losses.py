@@ -411,3 +411,123 @@ __all__ += [
     "cross_scale_consistency_loss",
     "hierarchical_contrastive_loss",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# Mask losses for [SEG] grounding (LISA / MedPLIB)
+#
+# LISA (``model/LISA.py``) trains the mask decoder with a per-mask sigmoid BCE (mean over
+# pixels) plus a per-mask soft Dice on the sigmoid, each averaged over all masks of the batch,
+# weighted ``bce 2.0 / dice 0.5`` by default. MedPLIB keeps those functions; its grounding-expert
+# stage (``scripts/train_stage3.sh``) uses ``dice 5.0 / bce 1.0`` (plus a focal term of weight
+# 1.0, not reproduced here) and its MoE stage (``train_stage4.sh``) ``bce 2.0 / dice 0.5``.
+
+
+def _mask_pairs(
+    logits: Tensor | Sequence[Tensor], targets: Tensor | Sequence[Tensor], name: str
+) -> list[tuple[Tensor, Tensor]]:
+    if isinstance(logits, Tensor) != isinstance(targets, Tensor):
+        raise TypeError(f"{name}: give logits and targets both as tensors or both as sequences")
+    if isinstance(logits, Tensor):
+        logits, targets = [logits], [targets]  # type: ignore[list-item]
+    if len(logits) != len(targets):
+        raise ValueError(f"{name}: {len(logits)} logit tensors but {len(targets)} target tensors")
+    pairs = []
+    for lg, tg in zip(logits, targets):
+        if lg.shape != tg.shape:
+            raise ValueError(
+                f"{name}: logits {tuple(lg.shape)} and targets {tuple(tg.shape)} differ"
+            )
+        if lg.ndim < 2:
+            raise ValueError(f"{name}: expected (n, H, W) masks, got shape {tuple(lg.shape)}")
+        pairs.append((lg, tg))
+    return pairs
+
+
+def _dice_per_mask(logits: Tensor, targets: Tensor, eps: float, scale: float) -> Tensor:
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    p = torch.sigmoid(logits.to(dtype)).flatten(1)
+    t = targets.to(dtype).flatten(1)
+    numerator = 2.0 * (p / scale * t).sum(-1)
+    denominator = (p / scale).sum(-1) + (t / scale).sum(-1)
+    return 1.0 - (numerator + eps) / (denominator + eps)
+
+
+def _bce_per_mask(logits: Tensor, targets: Tensor) -> Tensor:
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    x, t = logits.to(dtype), targets.to(dtype)
+    return F.binary_cross_entropy_with_logits(x, t, reduction="none").flatten(1).mean(-1)
+
+
+def _zero_like_graph(logits: Sequence[Tensor]) -> Tensor:
+    """A scalar 0 connected to every logit tensor that needs a gradient (or a plain 0)."""
+    parts = [lg.sum() * 0.0 for lg in logits if lg.requires_grad]
+    if parts:
+        return torch.stack(parts).sum()
+    device = logits[0].device if len(logits) else None
+    return torch.zeros((), device=device)
+
+
+def dice_loss(logits: Tensor, targets: Tensor, eps: float = 1e-6, scale: float = 1000.0) -> Tensor:
+    """Soft Dice loss on ``sigmoid(logits)`` per mask, averaged over masks (LISA's exact form).
+
+    For each mask ``i`` with ``p = sigmoid(logits_i)`` and ``t = targets_i``::
+
+        loss_i = 1 - (2 * sum(p / scale * t) + eps) / (sum(p / scale) + sum(t / scale) + eps)
+
+    which equals ``1 - (2 sum(σ·t) + eps·scale) / (sum σ + sum t + eps·scale)``: LISA's defaults
+    ``scale=1000, eps=1e-6`` amount to an additive smoothing of ``1e-3`` on the unscaled sums
+    (``scale=1, eps=1`` gives the common "+1" smoothing; MedPLIB's own ``dice_loss`` is
+    ``scale=1, eps=1e-6``). ``logits``/``targets``: ``(n, ...)``
+    with the mask index first; targets in ``{0, 1}`` (soft targets work too). ``n == 0`` returns a
+    zero connected to ``logits``.
+    """
+    ((lg, tg),) = _mask_pairs(logits, targets, "dice_loss")
+    if lg.shape[0] == 0:
+        return _zero_like_graph([lg])
+    return _dice_per_mask(lg, tg, eps, scale).mean()
+
+
+def sigmoid_bce_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Binary cross-entropy with logits, mean over each mask's pixels, then mean over masks."""
+    ((lg, tg),) = _mask_pairs(logits, targets, "sigmoid_bce_loss")
+    if lg.shape[0] == 0:
+        return _zero_like_graph([lg])
+    return _bce_per_mask(lg, tg).mean()
+
+
+def mask_loss(
+    logits: Tensor | Sequence[Tensor],
+    targets: Tensor | Sequence[Tensor],
+    bce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    *,
+    eps: float = 1e-6,
+    scale: float = 1000.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``bce_weight * BCE + dice_weight * Dice`` over all masks: ``(total, {"bce", "dice"})``.
+
+    ``logits``/``targets`` are one ``(n, H, W)`` pair or a sequence of pairs (one per image, each
+    at its own original size, as LISA computes it); both terms are means over **all** masks of
+    all pairs (LISA's ``sum_i loss_i * n_i / sum_i n_i``). The returned terms are unweighted.
+    With no mask at all, every value is a zero that keeps ``logits`` in the graph (so
+    ``backward()`` and DDP still see the mask decoder), or a plain 0 when nothing needs a
+    gradient. Weights: LISA and MedPLIB's MoE stage ``bce 2 / dice 0.5``; MedPLIB's grounding
+    expert ``bce 1 / dice 5``.
+    """
+    pairs = _mask_pairs(logits, targets, "mask_loss")
+    pairs_nonempty = [(lg, tg) for lg, tg in pairs if lg.shape[0] > 0]
+    if not pairs_nonempty:
+        zero = _zero_like_graph([lg for lg, _ in pairs])
+        return zero, {"bce": zero, "dice": zero}
+    bce = torch.cat([_bce_per_mask(lg, tg) for lg, tg in pairs_nonempty]).mean()
+    dice = torch.cat([_dice_per_mask(lg, tg, eps, scale) for lg, tg in pairs_nonempty]).mean()
+    # keep empty pairs connected too, so every prediction tensor takes part in backward
+    rest = [lg for lg, _ in pairs if lg.shape[0] == 0 and lg.requires_grad]
+    total = bce_weight * bce + dice_weight * dice
+    if rest:
+        total = total + _zero_like_graph(rest)
+    return total, {"bce": bce, "dice": dice}
+
+
+__all__ += ["dice_loss", "mask_loss", "sigmoid_bce_loss"]
