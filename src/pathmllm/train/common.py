@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,3 +71,78 @@ def time_is_up(acc: Any, elapsed: float, max_minutes: float | None) -> bool:
 
         dist.broadcast(flag, src=0)
     return bool(flag.item())
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters (peft) instead of full fine-tuning."""
+
+    enabled: bool = False
+    """Train LoRA adapters only (the base weights stay frozen); merged into the exported model."""
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """LoRA alpha (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names to adapt (language-model attention by default)."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, schedule and global batch (every recipe's ``optim`` section)."""
+
+    steps: int = 300
+    """Optimiser steps."""
+    batch_size: int = 48
+    """Global batch (over all processes)."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_steps: int = 20
+    """Linear warm-up steps."""
+    min_lr_ratio: float = 0.05
+    """Final learning rate as a fraction of ``lr`` (cosine decay)."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm (<= 0: off)."""
+
+
+def run_paths(out: Path, resume: bool, overwrite: bool) -> tuple[Path, Path]:
+    """``(checkpoint folder, log file)`` of a run in ``out``, after checking that starting,
+    resuming or overwriting there makes sense (``RunExistsError`` / ``FileNotFoundError``)."""
+    ckpt = out / "checkpoints" / "last"
+    if not resume and not overwrite and (ckpt.exists() or (out / "model").exists()):
+        raise RunExistsError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start "
+                             "again, or choose another out=...")
+    if resume and not ckpt.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} to continue from")
+    return ckpt, out / "log.jsonl"
+
+
+def start_run_dir(out: Path, config: Any, resume: bool, overwrite: bool) -> None:
+    """Create ``out`` (main process only), clear a run being overwritten, write ``config.yaml``."""
+    import shutil
+    from dataclasses import asdict
+
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite and not resume:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out / "model", ignore_errors=True)
+        for p in (out / "log.jsonl", out / "metrics.json"):
+            p.unlink(missing_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+
+
+def save_checkpoint(acc: Any, ckpt: Path, step: int) -> None:
+    """accelerate state (weights, optimiser, RNG) + ``step.json``, all processes together."""
+    acc.wait_for_everyone()
+    acc.save_state(str(ckpt))
+    if acc.is_main_process:
+        from pathmllm.utils.atomic import write_json
+
+        write_json(ckpt / "step.json", {"step": step})
+    acc.wait_for_everyone()

@@ -36,10 +36,14 @@ import numpy as np
 
 from pathmllm.data.pairs import PairRecord, read_pairs_manifest
 from pathmllm.train.common import (
-    RunExistsError,
+    LoraSettings,
+    OptimConfig,
     append_log,
     loadavg,
     lr_at,
+    run_paths,
+    save_checkpoint,
+    start_run_dir,
     time_is_up,
     truncate_log,
 )
@@ -76,41 +80,11 @@ class EmbedDataConfig:
 
 
 @dataclass
-class LoraSettings:
-    """LoRA adapters (peft) instead of full fine-tuning."""
+class EmbedOptimConfig(OptimConfig):
+    """Optimiser, schedule and batch (``batch_size``: pairs per step, over all processes)."""
 
-    enabled: bool = False
-    """Train LoRA adapters only (the base weights stay frozen); merged into the exported model."""
-    r: int = 16
-    """Adapter rank."""
-    alpha: int = 32
-    """LoRA alpha (scale = alpha / r)."""
-    dropout: float = 0.0
-    """Dropout on the adapter input."""
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    """Module names to adapt (language-model attention by default)."""
-
-
-@dataclass
-class EmbedOptimConfig:
-    """Optimiser, schedule and batch."""
-
-    steps: int = 300
-    """Optimiser steps."""
-    batch_size: int = 48
-    """Global contrastive batch (pairs per step, over all processes)."""
     chunk_size: int = 0
     """GradCache chunk (inputs per forward); 0: the whole local batch in one forward."""
-    lr: float = 1e-3
-    """Peak learning rate (AdamW)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay."""
-    warmup_steps: int = 20
-    """Linear warm-up steps."""
-    min_lr_ratio: float = 0.05
-    """Final learning rate as a fraction of ``lr`` (cosine decay)."""
-    grad_clip: float = 1.0
-    """Clip the gradient norm (<= 0: off)."""
 
 
 @dataclass
@@ -307,21 +281,13 @@ def _items(sides: list[Any], cache: ImageCache, ops: list[int] | None = None) ->
 
 def train(cfg: TrainEmbedConfig, resume: bool = False, overwrite: bool = False) -> TrainEmbedResult:
     """Run the recipe (see the module docstring). Returns where things went and the metrics."""
-    import shutil
 
     import torch
-    import yaml
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
 
     out = Path(cfg.out)
-    ckpt = out / "checkpoints" / "last"
-    log_path = out / "log.jsonl"
-    if not resume and not overwrite and (ckpt.exists() or (out / "model").exists()):
-        raise RunExistsError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start "
-                             "again, or choose another out=...")
-    if resume and not ckpt.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} to continue from")
+    ckpt, log_path = run_paths(out, resume, overwrite)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -334,13 +300,7 @@ def train(cfg: TrainEmbedConfig, resume: bool = False, overwrite: bool = False) 
     set_seed(cfg.seed)
     data = load_data(cfg.data)
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if overwrite and not resume:
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            shutil.rmtree(out / "model", ignore_errors=True)
-            for p in (log_path, out / "metrics.json"):
-                p.unlink(missing_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        start_run_dir(out, cfg, resume, overwrite)
     acc.wait_for_everyone()
 
     embedder, peft_model = build_embedder(cfg, acc.device)
@@ -411,7 +371,7 @@ def train(cfg: TrainEmbedConfig, resume: bool = False, overwrite: bool = False) 
                 history.append({"step": done, **res})
                 append_log(log_path, {"step": done, "eval": res})
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-            _save_checkpoint(acc, ckpt, done)
+            save_checkpoint(acc, ckpt, done)
         stop = time_is_up(acc, elapsed, cfg.max_minutes)
         if stop:
             log.info("max_minutes reached after %d steps", done)
@@ -420,7 +380,7 @@ def train(cfg: TrainEmbedConfig, resume: bool = False, overwrite: bool = False) 
             break
     done = step + 1 if cfg.optim.steps > start_step else start_step
     train_seconds = time.perf_counter() - t0
-    _save_checkpoint(acc, ckpt, done)
+    save_checkpoint(acc, ckpt, done)
     metrics: dict[str, Any] = {}
     if acc.is_main_process:
         res = evaluate(done)
@@ -478,13 +438,3 @@ def _eval_view(embedder: Any) -> Any:
 
     view.module = EmbeddingModel(embedder.backbone.model)
     return view
-
-
-def _save_checkpoint(acc: Any, ckpt: Path, step: int) -> None:
-    acc.wait_for_everyone()
-    acc.save_state(str(ckpt))
-    if acc.is_main_process:
-        from pathmllm.utils.atomic import write_json
-
-        write_json(ckpt / "step.json", {"step": step})
-    acc.wait_for_everyone()

@@ -53,10 +53,14 @@ from typing import Any
 import numpy as np
 
 from pathmllm.train.common import (
-    RunExistsError,
+    LoraSettings,
+    OptimConfig,
     append_log,
     loadavg,
     lr_at,
+    run_paths,
+    save_checkpoint,
+    start_run_dir,
     time_is_up,
     truncate_log,
 )
@@ -125,26 +129,22 @@ class SlideLossWeights:
 
 
 @dataclass
-class SlideLoraConfig:
+class SlideLoraConfig(LoraSettings):
     """LoRA adapters on the LM (stage 3)."""
 
     enabled: bool = True
     r: int = 8
     alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
-class SlideOptimConfig:
+class SlideOptimConfig(OptimConfig):
+    """``batch_size``: slides per step (distinct slides; one question each in stages 2 and 3)."""
+
     steps: int = 200
     batch_size: int = 8
-    """Global batch: slides per step (distinct slides; one question each in stages 2 and 3)."""
-    lr: float = 1e-3
-    weight_decay: float = 0.01
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
 
 
 @dataclass
@@ -541,10 +541,8 @@ class _HierarchyCache:
 
 def train(cfg: TrainSlideConfig, resume: bool = False, overwrite: bool = False) -> TrainSlideResult:
     """Run one stage (see the module docstring)."""
-    import shutil
 
     import torch
-    import yaml
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
 
@@ -552,13 +550,7 @@ def train(cfg: TrainSlideConfig, resume: bool = False, overwrite: bool = False) 
     from pathmllm.models.hierarchy.store_batch import collate_hierarchy
 
     out = Path(cfg.out)
-    ckpt = out / "checkpoints" / "last"
-    log_path = out / "log.jsonl"
-    if not resume and not overwrite and (ckpt.exists() or (out / "model").exists()):
-        raise RunExistsError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start "
-                             "again, or choose another out=...")
-    if resume and not ckpt.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} to continue from")
+    ckpt, log_path = run_paths(out, resume, overwrite)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 else "no",
@@ -594,13 +586,7 @@ def train(cfg: TrainSlideConfig, resume: bool = False, overwrite: bool = False) 
     cache = _HierarchyCache(data, spec)
 
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if overwrite and not resume:
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            shutil.rmtree(out / "model", ignore_errors=True)
-            for p in (log_path, out / "metrics.json"):
-                p.unlink(missing_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        start_run_dir(out, cfg, resume, overwrite)
     acc.wait_for_everyone()
 
     module = SlideTrainingModule(model, weights, cfg.losses.scales, cfg.losses.temperature)
@@ -658,7 +644,7 @@ def train(cfg: TrainSlideConfig, resume: bool = False, overwrite: bool = False) 
                 append_log(log_path, rec)
                 log.info("stage %d step %d/%d loss %.4f", cfg.stage, done, cfg.optim.steps, values[0].item())
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-            _save_checkpoint(acc, ckpt, done)
+            save_checkpoint(acc, ckpt, done)
         stop = time_is_up(acc, elapsed, cfg.max_minutes)
         if stop:
             log.info("max_minutes reached after %d steps", done)
@@ -667,7 +653,7 @@ def train(cfg: TrainSlideConfig, resume: bool = False, overwrite: bool = False) 
             break
     done = step + 1 if cfg.optim.steps > start_step else start_step
     train_seconds = time.perf_counter() - t0
-    _save_checkpoint(acc, ckpt, done)
+    save_checkpoint(acc, ckpt, done)
     metrics: dict[str, Any] = {}
     if acc.is_main_process:
         model.eval()
@@ -688,13 +674,3 @@ def train(cfg: TrainSlideConfig, resume: bool = False, overwrite: bool = False) 
     acc.wait_for_everyone()
     acc.end_training()
     return TrainSlideResult(str(out), str(out / "model"), done, train_seconds, metrics)
-
-
-def _save_checkpoint(acc: Any, ckpt: Path, step: int) -> None:
-    acc.wait_for_everyone()
-    acc.save_state(str(ckpt))
-    if acc.is_main_process:
-        from pathmllm.utils.atomic import write_json
-
-        write_json(ckpt / "step.json", {"step": step})
-    acc.wait_for_everyone()
