@@ -29,6 +29,15 @@ def _entry(rank: int, world_size: int, init_file: str, worker: Callable[..., Non
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Leave without interpreter teardown: gloo's C++ threads racing the static destructors at
+    # exit aborted a finished worker now and then under load ("terminate called without an
+    # active exception", SIGABRT). Results are already on disk; an exception above still
+    # propagates to mp.spawn as before.
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_gloo(worker: Callable[..., None], world_size: int, workdir: Path, *args: Any) -> None:
