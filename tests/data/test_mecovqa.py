@@ -264,3 +264,22 @@ def test_kvasir_split_disjoint_deterministic(tmp_path: Path) -> None:
     assert all(a[i.split("-")[1]] == "train" for i in ids[0])
     again = kvasir_to_mecovqa(root, tmp_path / "again.json", split="train", region_questions=False, limit=5)
     assert json.loads(again.read_text()) == json.loads(train.read_text())
+
+
+def test_data_kvasir_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pathmllm.cli.main import app
+
+    root = shared("grounding", "kvasir-seg")
+    out = tmp_path / "k" / "mecovqa.json"
+    result = CliRunner().invoke(app, ["data", "kvasir", str(root), str(out), "--split", "train", "--limit", "5"])
+    assert result.exit_code == 0, result.output
+    records = json.loads(out.read_text())
+    assert sum(r["id"].endswith("-seg") for r in records) == 5 and {r["split"] for r in records} == {"train"}
+    assert "5 seg" in result.output and str(out) in result.output
+    # a folder that is not Kvasir-SEG, and a bad split: exit 2 with the reason
+    bad = CliRunner().invoke(app, ["data", "kvasir", str(tmp_path), str(out)])
+    assert bad.exit_code == 2 and "no images" in bad.output
+    bad = CliRunner().invoke(app, ["data", "kvasir", str(root), str(out), "--split", "val"])
+    assert bad.exit_code == 2 and "split" in bad.output

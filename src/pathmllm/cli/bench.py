@@ -75,7 +75,7 @@ def run(
     model: Annotated[str, typer.Option("--model", "-m", help="Universal embedder (tiny-qwen2-vl, checkpoint folder ...), "
                                        "CLIP pair (quiltnet-b32, open_clip:<arch>, plip ...) or patch encoder.")],
     task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="Task name or <type>:<dataset> (repeatable).")] = None,  # noqa: UP045
-    suite: Annotated[Optional[str], typer.Option("--suite", "-s", help="pmeb, probe, pmeb-extra, or slide-qa (a slide model: needs --qa and --stores).")] = None,  # noqa: UP045
+    suite: Annotated[Optional[str], typer.Option("--suite", "-s", help="pmeb, probe, pmeb-extra, slide-qa (a slide model: needs --qa and --stores) or grounding (a grounding model: needs --qa and --image-root).")] = None,  # noqa: UP045
     data_root: Annotated[Optional[Path], typer.Option("--data-root", "-d", help="Folder with one folder per dataset.")] = None,  # noqa: UP045
     data: Annotated[Optional[list[str]], typer.Option("--data", help="NAME=PATH for one dataset (repeatable).")] = None,  # noqa: UP045
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (<model>.json).")] = Path("bench_results"),
@@ -89,7 +89,9 @@ def run(
     qa: Annotated[Optional[Path], typer.Option("--qa", help="slide-qa suite: the slide-QA file (WSI-Bench, SlideBench, ... or pathmllm JSONL).")] = None,  # noqa: UP045
     stores: Annotated[Optional[Path], typer.Option("--stores", help="slide-qa suite: the slide stores folder.")] = None,  # noqa: UP045
     slides: Annotated[Optional[Path], typer.Option("--slides", help="slide-qa suite: folder of slide files (missing stages are run).")] = None,  # noqa: UP045
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="slide-qa suite: longest answer.")] = 128,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="slide-qa / grounding suites: longest answer.")] = 128,
+    image_root: Annotated[Optional[Path], typer.Option("--image-root", help="grounding suite: folder the records' image and mask paths are relative to.")] = None,  # noqa: UP045
+    split: Annotated[Optional[str], typer.Option("--split", help="grounding suite: only records whose split field is this (e.g. test).")] = None,  # noqa: UP045
 ) -> None:
     """Run tasks for one model; write OUT/<model>.json (reruns replace a task's entry).
 
@@ -97,10 +99,18 @@ def run(
     --qa with the slides in --stores: closed accuracy, BLEU-1..4, ROUGE-L, METEOR, report->slide
     Recall@K; writes OUT/<model>-slide-qa.json.
 
+    [bold]--suite grounding[/bold] evaluates a grounding model (OUT/model of `pathmllm train ground`) on
+    the MeCoVQA file --qa (images under --image-root): mDice / mIoU of the <SEG> masks (no <SEG> =
+    empty prediction), closed accuracy, open BLEU / ROUGE-L / token F1, per modality; writes
+    OUT/<model>-grounding.json with every prediction.
+
     Exit code 0: all tasks ran; 1: some failed (listed); 2: bad input or none could run.
     """
     if suite == "slide-qa":
         _run_slide_qa(model, qa, stores, slides, out, limit, device, max_new_tokens)
+        return
+    if suite == "grounding":
+        _run_grounding(model, qa, image_root, split, out, limit, device, max_new_tokens)
         return
     from rich.console import Console
     from rich.progress import (
@@ -177,6 +187,49 @@ def _run_slide_qa(model: str, qa: Path | None, stores: Path | None, slides: Path
     Console(stderr=True).print(f"results -> {path}", highlight=False, soft_wrap=True)
     if res.skipped:
         raise typer.Exit(1)
+
+
+def _run_grounding(model: str, qa: Path | None, image_root: Path | None, split: str | None, out: Path,
+                   limit: int | None, device: str, max_new_tokens: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pathmllm.bench.grounding import evaluate_grounding
+    from pathmllm.data.mecovqa import read_mecovqa
+    from pathmllm.models.grounding.model import GroundingLM
+    from pathmllm.utils.atomic import write_json
+
+    if qa is None or image_root is None:
+        _fail("--suite grounding needs --qa FILE (MeCoVQA JSON) and --image-root DIR (its images and masks)")
+    try:
+        records, problems = read_mecovqa(qa, image_root)
+        if split is not None:
+            records = [r for r in records if r.meta.get("split") == split]
+        if not records:
+            _fail(f"{qa}: no records{f' with split {split!r}' if split else ''} to evaluate")
+        ground_model = GroundingLM.from_pretrained(model, device=device)
+        res = evaluate_grounding(ground_model, records, max_items=limit, max_new_tokens=max_new_tokens)
+    except (FileNotFoundError, ValueError) as exc:  # CheckpointError is a FileNotFoundError
+        _fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{Path(model).name or 'model'}-grounding.json"
+    write_json(path, {"model": model, "qa": str(qa), "split": split, **res,
+                      "skipped": [p.reason for p in problems if p.skipped]})
+    table = Table(title=f"grounding: {model} ({res['n']} records)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    seg = res["segmentation"]
+    if seg.get("n"):
+        table.add_row("mDice", f"{seg['mDice']:.3f} (n={seg['n']})")
+        table.add_row("mIoU", f"{seg['mIoU']:.3f}")
+        table.add_row("<SEG> emitted", f"{res['seg_emitted']:.3f}")
+    if res["closed"]["n"]:
+        table.add_row("closed accuracy", f"{res['closed']['accuracy']:.3f} (n={res['closed']['n']})")
+    for k, v in res["open"].items():
+        if k != "n":
+            table.add_row(k, f"{v:.3f}")
+    Console().print(table)
+    Console(stderr=True).print(f"results -> {path}", highlight=False, soft_wrap=True)
 
 
 def _print_summary(console: object, results: dict, names: list[str]) -> None:

@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from pathmllm import __version__
+from pathmllm.cli import ask as ask_cmd
 from pathmllm.cli import bench as bench_cmd
+from pathmllm.cli import data as data_cmd
 from pathmllm.cli import embed as embed_cmd
 from pathmllm.cli import index as index_cmd
 from pathmllm.cli import models as models_cmd
@@ -27,7 +29,10 @@ app.add_typer(models_cmd.app, name="models")
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(index_cmd.app, name="index")
 app.add_typer(bench_cmd.app, name="bench")
+app.add_typer(data_cmd.app, name="data")
 app.command("embed-patches")(embed_cmd.embed_patches)
+app.command("ask")(ask_cmd.ask)
+app.command("ground")(ask_cmd.ground)
 app.add_typer(embed_cmd.app, name="embed")
 
 

@@ -180,3 +180,51 @@ def slide(
     if val and val.get("closed_accuracy") is not None:
         line += f"; held-out closed-question accuracy {val['closed_accuracy']:.3f} (n={val['n_closed']})"
     typer.echo(f"{line}\nmodel: {result.model_dir}\nmetrics: {Path(result.out) / 'metrics.json'}")
+
+
+@app.command("ground")
+def ground(
+    overrides: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Argument(help="Config overrides as key.path=value, e.g. model.init=out/vl/model out=out/seg."),
+    ] = None,
+    stage: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--stage", help="vl: vision-language expert; seg: grounding expert ([SEG] head, mask "
+                     "decoder, FFN); moe: two experts + router."),
+    ] = None,
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", "-c", help="YAML recipe (e.g. configs/ground/kvasir.yaml)."),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an OUT that holds a run.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Train one stage of the MedPLIB-style grounding model (region prompts in, <SEG> masks out).
+    Several processes with [bold]accelerate launch -m pathmllm train ground ...[/bold].
+
+    Writes OUT/model (for `pathmllm ask --model OUT/model` and the next stage), OUT/metrics.json,
+    OUT/log.jsonl (losses; MoE routing statistics), OUT/config.yaml and OUT/checkpoints/last.
+    Exit code 2 for a bad config, missing data or a model folder that is not a grounding model.
+    """
+    from pathmllm.train.ground import load_config, train
+
+    def load(path: Any, items: list[str]) -> Any:
+        return load_config(path, items, stage=stage)
+
+    result = _run_recipe(load, train, config, overrides, resume, overwrite, dry_run)
+    if result is None or not result.metrics:
+        return
+    if as_json:
+        typer.echo(json.dumps(result.metrics, indent=2))
+        return
+    line = f"stage {result.metrics['stage']}: {result.steps} steps in {result.train_seconds / 60:.1f} min"
+    ev = result.metrics.get("eval") or {}
+    seg = ev.get("segmentation") or {}
+    if seg.get("n"):
+        line += f"; held-out mDice {seg['mDice']:.3f} (n={seg['n']})"
+    if (ev.get("closed") or {}).get("n"):
+        line += f"; closed accuracy {ev['closed']['accuracy']:.3f} (n={ev['closed']['n']})"
+    typer.echo(f"{line}\nmodel: {result.model_dir}\nmetrics: {Path(result.out) / 'metrics.json'}")

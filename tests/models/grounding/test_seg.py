@@ -313,3 +313,51 @@ def test_load_sam_preset_and_round_trip(tmp_path, tiny_sam):
         torch.testing.assert_close(ea, eb, rtol=0, atol=0)
         for x, y in zip(a.decode(ea, prompts), b.decode(eb, prompts)):
             torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_tiny_litesam_conv_encoder_decodes_trains_and_round_trips(tmp_path):
+    from pathmllm.models.backbone import load_backbone
+    from pathmllm.models.grounding.model import GroundingLM
+    from pathmllm.models.grounding.seg import ConvImageEncoder, build_tiny_litesam
+
+    sam = load_sam("tiny-litesam")
+    assert isinstance(sam.vision_encoder, ConvImageEncoder)
+    # the embedding grid of the ViT preset (S/8), at the preset's width 64
+    wrapper = MaskDecoderWrapper(build_tiny_litesam(image_size=64), freeze_vision_encoder=False)
+    pv, geometry = wrapper.preprocess(_images())
+    emb = wrapper.image_embeddings(pv)
+    assert emb.shape == (len(geometry), 64, 8, 8) and wrapper.prompt_dim == 64
+    prompts = [torch.randn(1, 1, 64) for _ in geometry]
+    low = wrapper.decode(emb, prompts)
+    assert low[0].shape == (1, 32, 32)
+    low[0].sum().backward()
+    assert all(p.grad is not None for p in wrapper.sam.vision_encoder.parameters())
+    # saved inside a grounding model, the conv encoder comes back with its weights
+    bb = load_backbone("tiny-qwen2-vl", device="cpu", dtype="float32")
+    model = GroundingLM(bb, MaskDecoderWrapper(build_tiny_litesam(seed=3)))
+    model.save_pretrained(tmp_path / "g")
+    assert (tmp_path / "g" / "sam" / "image_encoder.json").is_file()
+    back = GroundingLM.from_pretrained(tmp_path / "g", device="cpu")
+    assert isinstance(back.sam.sam.vision_encoder, ConvImageEncoder)
+    for (ka, va), (kb, vb) in zip(model.sam.state_dict().items(), back.sam.state_dict().items()):
+        assert ka == kb
+        torch.testing.assert_close(va, vb, rtol=0, atol=0)
+
+
+def test_batched_decode_equals_one_image_at_a_time():
+    from pathmllm.models.grounding.seg import build_tiny_litesam
+
+    for sam in (build_tiny_sam(), build_tiny_litesam()):
+        wrapper = MaskDecoderWrapper(sam)
+        pv, geometry = wrapper.preprocess(_images())
+        c = wrapper.prompt_dim
+        g = torch.Generator().manual_seed(0)
+        prompts = [torch.randn(2, 1, c, generator=g) for _ in geometry]
+        with torch.no_grad():
+            emb = wrapper.image_embeddings(pv)
+            batched = wrapper.decode(emb, prompts)  # same count everywhere: one batched call
+            single = [wrapper.decode(emb[i:i + 1], [p])[0] for i, p in enumerate(prompts)]
+        assert len(batched) == len(single) == len(geometry)
+        for a, b in zip(batched, single):
+            assert a.shape == b.shape == (2, 32, 32)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -23,7 +23,7 @@ features serve the LM and the region encoder.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pathmllm.losses import mask_loss
+from pathmllm.models.grounding.moe import MoEFeedForward, convert_to_moe
 from pathmllm.models.grounding.region import RegionEncoder
 from pathmllm.models.grounding.seg import MaskDecoderWrapper, SegHead, gather_seg_hidden
 
@@ -136,6 +137,49 @@ class GroundingLM(nn.Module):
         vc = self.model.config.vision_config
         self.patch_size = int(vc.patch_size)
         self.merge_size = int(vc.spatial_merge_size)
+        self.moe_layout: dict[str, Any] | None = None
+        self.last_batch: dict[str, Tensor] = {}
+        """``input_ids``, ``labels``, ``attention_mask`` of the last training forward (routing statistics)."""
+
+    # -- Mixture-of-Experts and saving -------------------------------------------------------
+
+    def make_moe(self, layers: Sequence[int] | str = "all", num_experts: int = 2, top_k: int = 1,
+                 expert_states: Callable[[int], Sequence[Any] | None] | None = None,
+                 jitter: float = 0.0) -> list[MoEFeedForward]:
+        """Turn the FFN of the chosen LM layers into experts + router
+        (:func:`~pathmllm.models.grounding.moe.convert_to_moe`); recorded for saving.
+
+        ``expert_states(layer)`` gives that layer's ``num_experts`` FFN state dicts (MedPLIB: the
+        vision-language expert's and the grounding expert's); None copies the current FFN.
+        """
+        from pathmllm.models.grounding.moe import decoder_layers
+
+        if self.moe_layout is not None:
+            raise ValueError("this model is already a Mixture-of-Experts model")
+        n = len(decoder_layers(self.model))
+        indices = list(range(n)) if layers == "all" else [int(i) % n for i in layers]  # type: ignore[union-attr]
+        mods: list[MoEFeedForward] = []
+        for i in indices:
+            states = expert_states(i) if expert_states is not None else None
+            mods += convert_to_moe(self.model, [i], num_experts, top_k, states, jitter=jitter)
+        self.moe_layout = {"layers": [m.layer_index for m in mods], "num_experts": int(num_experts),
+                           "top_k": int(top_k)}
+        return mods
+
+    def moe_modules(self) -> list[MoEFeedForward]:
+        return [m for m in self.model.modules() if isinstance(m, MoEFeedForward)]
+
+    def save_pretrained(self, folder: Any) -> Any:
+        """One folder with everything (:func:`~pathmllm.models.grounding.saving.save_grounding`)."""
+        from pathmllm.models.grounding.saving import save_grounding
+
+        return save_grounding(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: Any, *, device: str = "auto", dtype: Any = "auto") -> GroundingLM:
+        from pathmllm.models.grounding.saving import load_grounding
+
+        return load_grounding(folder, device=device, dtype=dtype)
 
     # -- text --------------------------------------------------------------------------------
 
@@ -149,9 +193,10 @@ class GroundingLM(nn.Module):
 
     def format_prompt(self, prompt: str, has_region: bool) -> str:
         """Chat-templated prompt text (image first) with the region block expanded."""
-        text = prompt.replace(IMAGE_MARKER, "").strip()
+        text = prompt.replace(IMAGE_MARKER, "").replace(REGION_START + REGION_END, REGION_START).strip()
         if REGION_FEAT in text or REGION_END in text:
-            raise ValueError(f"write only {REGION_START} in a prompt; it is expanded here")
+            raise ValueError(f"write only {REGION_START} (or MeCoVQA's empty {REGION_START}{REGION_END}) in a "
+                             "prompt; it is expanded here")
         if has_region:
             n = text.count(REGION_START)
             if n > 1:
@@ -286,6 +331,7 @@ class GroundingLM(nn.Module):
                 type_ids[i, :n] = tt
         has_types = rows[0][2] is not None
         input_ids, labels, attention = input_ids.to(device), labels.to(device), attention.to(device)
+        self.last_batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
         grid_thw = torch.cat(thws).to(device)
         vision = self.image_features(torch.cat(pix), grid_thw)
         region = self.region_embeddings(vision.pooler_output, grid_thw, region_masks)

@@ -167,6 +167,7 @@ class RegionEncoder(nn.Module):
         if num_tokens < 1 or mlp_depth not in (1, 2):
             raise ValueError("num_tokens must be >= 1 and mlp_depth 1 or 2")
         self.mode, self.num_tokens = mode, num_tokens
+        self.num_heads = num_heads
         if mode == "multi":
             self.queries = nn.Parameter(torch.randn(num_tokens, vision_dim) * vision_dim**-0.5)
             self.attn = nn.MultiheadAttention(vision_dim, num_heads, batch_first=True)

@@ -41,6 +41,7 @@ from transformers import (
     SamPromptEncoderConfig,
     SamVisionConfig,
 )
+from transformers.models.sam.modeling_sam import SamVisionEncoderOutput
 
 from pathmllm.models.grounding.region import pad_geometry, resize_longest_side, unpad_and_resize
 
@@ -50,7 +51,10 @@ __all__ = [
     "MaskDecoderWrapper",
     "SamGeometry",
     "SegHead",
+    "ConvImageEncoder",
+    "build_tiny_litesam",
     "build_tiny_sam",
+    "build_sam_preset",
     "gather_seg_hidden",
     "load_sam",
     "predict_masks",
@@ -60,23 +64,55 @@ __all__ = [
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 TINY_SAM_PRESET = "tiny-sam"
+TINY_LITESAM_PRESET = "tiny-litesam"
+SAM_PRESETS = (TINY_SAM_PRESET, TINY_LITESAM_PRESET)
+IMAGE_ENCODER_FILE = "image_encoder.json"
 
 
 # --------------------------------------------------------------------------------------------
 # building / loading SAM
 
 
-def build_tiny_sam(seed: int = 0, image_size: int = 64) -> SamModel:
+class ConvImageEncoder(nn.Module):
+    """A small convolutional image encoder with the interface of SAM's ViT image encoder.
+
+    ``len(widths)`` stride-2 stages (3x3 conv, GroupNorm, GELU, then a 3x3 conv at that width),
+    then a 1x1 projection to ``out_channels``: ``(B, 3, S, S)`` -> ``(B, out_channels, S/2^k,
+    S/2^k)``, returned as ``.last_hidden_state`` like ``SamVisionEncoder``. The idea of
+    LiteMedSAM / MobileSAM (a light image encoder in front of SAM's prompt encoder and mask
+    decoder); here it exists so a *random* preset can learn on a CPU: trained from scratch on
+    280 Kvasir images, SAM's ViT encoder overfits at a held-out Dice of about 0.50, this one
+    reaches about 0.65 in a few hundred steps (docs/architecture.md).
+    """
+
+    def __init__(self, out_channels: int, widths: Sequence[int] = (16, 32, 48), groups: int = 4) -> None:
+        super().__init__()
+        self.config = {"type": "conv", "out_channels": int(out_channels), "widths": [int(w) for w in widths],
+                       "groups": int(groups)}
+        layers: list[nn.Module] = []
+        ch = 3
+        for w in widths:
+            layers += [nn.Conv2d(ch, w, 3, 2, 1), nn.GroupNorm(groups, w), nn.GELU(),
+                       nn.Conv2d(w, w, 3, 1, 1), nn.GroupNorm(groups, w), nn.GELU()]
+            ch = w
+        layers.append(nn.Conv2d(ch, out_channels, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, pixel_values: torch.Tensor) -> SamVisionEncoderOutput:
+        return SamVisionEncoderOutput(last_hidden_state=self.net(pixel_values))
+
+
+def build_tiny_sam(seed: int = 0, image_size: int = 64, hidden: int = 32) -> SamModel:
     """A real :class:`SamModel` with tiny random weights (float32, eval mode) for tests and demos.
 
-    Vision encoder: hidden 32, 2 layers (the second global), patch 8, window 4, 32 output
-    channels; prompt encoder and mask decoder: hidden 32. ``image_size`` must be a multiple of
-    8; the image embedding is ``image_size / 8`` square and the low-res logits 4× that.
+    Vision encoder: hidden ``hidden`` (32), 2 layers (the second global), patch 8, window 4,
+    ``hidden`` output channels; prompt encoder and mask decoder: hidden ``hidden``. ``image_size``
+    must be a multiple of 8; the image embedding is ``image_size / 8`` square and the low-res
+    logits 4× that.
     """
     patch = 8
     if image_size <= 0 or image_size % patch:
         raise ValueError(f"image_size must be a positive multiple of {patch}, got {image_size}")
-    hidden = 32
     vision = SamVisionConfig(
         hidden_size=hidden,
         output_channels=hidden,
@@ -112,6 +148,47 @@ def build_tiny_sam(seed: int = 0, image_size: int = 64) -> SamModel:
     return model.float().eval()
 
 
+def build_tiny_litesam(seed: int = 0, image_size: int = 64, hidden: int = 64) -> SamModel:
+    """:func:`build_tiny_sam` (prompt encoder and mask decoder of width ``hidden``, 64) with a
+    :class:`ConvImageEncoder` (widths 16, 32, 64; three stride-2 stages, so the embedding is
+    ``image_size / 8`` square as with the ViT's patch 8) in place of the ViT."""
+    model = build_tiny_sam(seed, image_size, hidden)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed + 1)
+        model.vision_encoder = ConvImageEncoder(int(model.config.vision_config.output_channels), (16, 32, 64))
+    finally:
+        torch.random.set_rng_state(state)
+    return model.float().eval()
+
+
+def build_sam_preset(name: str, seed: int = 0, image_size: int = 64) -> SamModel:
+    """``tiny-sam`` (SAM's ViT encoder) or ``tiny-litesam`` (a convolutional encoder)."""
+    if name == TINY_SAM_PRESET:
+        return build_tiny_sam(seed, image_size)
+    if name == TINY_LITESAM_PRESET:
+        return build_tiny_litesam(seed, image_size)
+    raise ValueError(f"unknown SAM preset {name!r}; presets: {', '.join(SAM_PRESETS)}")
+
+
+def image_encoder_config(sam: SamModel) -> dict | None:
+    """The :class:`ConvImageEncoder` settings of ``sam``, or None for SAM's own ViT."""
+    enc = sam.vision_encoder
+    return dict(enc.config) if isinstance(enc, ConvImageEncoder) else None
+
+
+def apply_image_encoder_config(sam: SamModel, config: dict | None) -> SamModel:
+    """Put the image encoder described by :func:`image_encoder_config` back into ``sam``."""
+    if config is None:
+        return sam
+    config = dict(config)
+    kind = config.pop("type", None)
+    if kind != "conv":
+        raise ValueError(f"unknown image encoder type {kind!r} (expected 'conv')")
+    sam.vision_encoder = ConvImageEncoder(**config)
+    return sam
+
+
 def load_sam(
     path_or_preset: str | Path,
     device: str | torch.device = "cpu",
@@ -124,8 +201,8 @@ def load_sam(
     nothing is fetched (``local_files_only=True``). SAM-Med2D ships only an original ``.pth``:
     convert it to the HF layout first. Returns the model in eval mode on ``device``.
     """
-    if str(path_or_preset) == TINY_SAM_PRESET:
-        model = build_tiny_sam()
+    if str(path_or_preset) in SAM_PRESETS:
+        model = build_sam_preset(str(path_or_preset))
     else:
         folder = Path(path_or_preset).expanduser()
         if not folder.exists():
@@ -389,12 +466,25 @@ class MaskDecoderWrapper(nn.Module):
         h = w = 4 * e  # the decoder upsamples the embedding 4x
         pos = self.sam.get_image_wide_positional_embeddings()
         _, dense = self.sam.prompt_encoder(None, None, None, None)  # no-mask embedding (1, C, e, e)
-        out: list[torch.Tensor] = []
         for i, p in enumerate(prompts):
             if p.ndim != 3 or p.shape[1:] != (1, self.prompt_dim):
                 raise ValueError(
                     f"image {i}: prompts must be (n, 1, {self.prompt_dim}), got {tuple(p.shape)}"
                 )
+        counts = {int(p.shape[0]) for p in prompts}
+        if len(counts) == 1 and 0 not in counts and b > 1:
+            # every image has the same number of prompts (training: one <SEG> each): one batched
+            # decoder call (SAM's own batch layout) instead of one call per image
+            masks, _ = self.sam.mask_decoder(
+                image_embeddings=image_embeddings.to(self.dtype),
+                image_positional_embeddings=pos.repeat(b, 1, 1, 1),
+                sparse_prompt_embeddings=torch.stack([p.to(self.dtype) for p in prompts]),  # (B, n, 1, C)
+                dense_prompt_embeddings=dense.expand(b, -1, -1, -1),
+                multimask_output=False,
+            )
+            return list(masks[:, :, 0].unbind(0))  # (B, n, 1, h, w) → B × (n, h, w)
+        out: list[torch.Tensor] = []
+        for i, p in enumerate(prompts):
             if p.shape[0] == 0:
                 out.append(image_embeddings.new_zeros((0, h, w), dtype=self.dtype))
                 continue
