@@ -201,7 +201,7 @@ def test_short_training_beats_untrained_and_watershed(tmp_path: Path) -> None:
     cfg = load_config(CONFIG, [
         f"data.root={root}", f"out={tmp_path / 'run'}", "optim.steps=300", "optim.batch_size=4",
         "augment.crop_size=192", "optim.warmup_steps=20", "optim.lr=3e-3",
-        "log_every=50", "checkpoint_every=1000", "eval_every=0", "max_minutes=4",
+        "log_every=50", "checkpoint_every=1000", "eval_every=0", "max_minutes=4", "bf16=false",
     ])
     t0 = time.perf_counter()
     res = train(cfg)

@@ -165,5 +165,15 @@ def test_two_processes_equal_one(manifest: Path, tmp_path: Path) -> None:
     assert cfg["processes"] == 2
     np.testing.assert_allclose(_losses(two), _losses(one), atol=1e-4)
     a, b = _weights(one), _weights(two)
+    assert a.keys() == b.keys()
+    # Same weights up to summation order: the two processes add two half-batch gradients where one
+    # process sums the whole batch, and Adam turns a rounding-level change of a near-zero gradient
+    # into up to ~lr per step for that element. So measure each tensor's difference against the
+    # size of an Adam update (lr per element per step): a wrong gradient average or batch split
+    # changes the updates themselves, i.e. a large fraction of that; rounding moves a few elements.
+    lr, steps = 3e-3, 3
     for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3, msg=key)
+        diff = (a[key] - b[key]).float()
+        update_scale = lr * steps * diff.numel() ** 0.5
+        assert float(torch.linalg.vector_norm(diff)) <= 0.05 * update_scale, (key, float(diff.abs().max()))
+        assert float(diff.abs().max()) <= 2 * lr * steps, key  # Adam's bound for a flipped sign
