@@ -17,6 +17,7 @@ Every figure is also given per modality.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ import numpy as np
 from pathmllm.bench.seg_metrics import SegmentationScores, mean_token_f1
 
 __all__ = ["evaluate_grounding", "first_word"]
+
+log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"[^\W_]+")
 
@@ -107,7 +110,7 @@ def evaluate_grounding(
                 open_hyps[key].append(_strip_tokens(text))
         predictions.append(pred)
         if progress and (i + 1) % 20 == 0:
-            print(f"evaluated {i + 1}/{len(items)}", flush=True)
+            log.info("evaluated %d/%d", i + 1, len(items))
 
     def closed_summary(key: str) -> dict[str, Any]:
         v = closed.get(key, [])
