@@ -188,6 +188,17 @@ def test_slide_window_and_geojson(monkeypatch: pytest.MonkeyPatch, pyramid: Path
     assert pts[:, 0].min() == pytest.approx(380) and pts[:, 0].max() == pytest.approx(460)
     assert pts[:, 1].min() == pytest.approx(240) and pts[:, 1].max() == pytest.approx(280)
     assert (tmp_path / "pyramid_mask.png").exists() and (tmp_path / "pyramid_overlay.png").exists()
+    # QuPath reads it (the shared independent checker, FORMATS.md)
+    import subprocess
+    import sys
+
+    from tests.conftest import SHARED_TOOLS
+
+    script = SHARED_TOOLS / "qupath_geojson_check.py"
+    if script.exists():
+        out = subprocess.run([sys.executable, str(script), str(tmp_path / "pyramid_mask.geojson"),
+                              "--width", "2048", "--height", "1536"], capture_output=True, text=True)
+        assert out.returncode == 0 and "VERDICT: PASS" in out.stdout, out.stdout + out.stderr
 
 
 def test_ground_on_slide(monkeypatch: pytest.MonkeyPatch, pyramid: Path, tmp_path: Path) -> None:
