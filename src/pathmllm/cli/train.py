@@ -4,6 +4,7 @@ the universal embedder; ``slide``: the hierarchical slide LLM, three stages)."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -17,6 +18,13 @@ def train_group() -> None:
     """Train models from a YAML recipe (config fields can be overridden as key.path=value)."""
 
 
+# options every recipe takes
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start again in an OUT that holds a run.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.")]
+
+
 def _fail(message: str, code: int = 1) -> None:
     from rich.console import Console
 
@@ -25,9 +33,11 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _run_recipe(load_config: Any, train: Any, config: Path | None, overrides: list[str] | None,
-                resume: bool, overwrite: bool, dry_run: bool) -> Any:
-    """Load a recipe's config (exit 2 when bad), print it for --dry-run (returns None), else
-    train with progress lines shown (exit 2 for an existing run or missing data)."""
+                resume: bool, overwrite: bool, dry_run: bool, as_json: bool) -> Any:
+    """Load a recipe's config (exit 2 when bad), print it for --dry-run, else train with progress
+    lines shown (exit 2 for an existing run or missing data) and print the metrics for --json.
+    Returns the training result when the caller has a summary to print, else None (--dry-run,
+    --json, or a process other than the main one, whose metrics are empty)."""
     import logging
     from dataclasses import asdict
 
@@ -49,9 +59,20 @@ def _run_recipe(load_config: Any, train: Any, config: Path | None, overrides: li
     if train_log.getEffectiveLevel() > logging.INFO:
         train_log.setLevel(logging.INFO)
     try:
-        return train(cfg, resume=resume, overwrite=overwrite)
+        result = train(cfg, resume=resume, overwrite=overwrite)
     except (RunExistsError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc), code=2)
+    if not result.metrics:
+        return None
+    if as_json:
+        typer.echo(json.dumps(result.metrics, indent=2))
+        return None
+    return result
+
+
+def _echo_summary(line: str, result: Any) -> None:
+    """A recipe's summary line, then where its model and metrics are."""
+    typer.echo(f"{line}\nmodel: {result.model_dir}\nmetrics: {Path(result.out) / 'metrics.json'}")
 
 
 @app.command("cells")
@@ -65,9 +86,9 @@ def cells(
         typer.Option("--config", "-c", help="YAML recipe (e.g. configs/cells/monuseg.yaml); defaults if omitted."),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.pt.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an OUT that holds a run.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    overwrite: Overwrite = False,
+    dry_run: DryRun = False,
+    as_json: AsJson = False,
 ) -> None:
     """Train the hovernet-lite nucleus segmenter and evaluate it on the held-out images.
 
@@ -77,11 +98,8 @@ def cells(
     """
     from pathmllm.train.cells import load_config, train
 
-    result = _run_recipe(load_config, train, config, overrides, resume, overwrite, dry_run)
+    result = _run_recipe(load_config, train, config, overrides, resume, overwrite, dry_run, as_json)
     if result is None:
-        return
-    if as_json:
-        typer.echo(json.dumps(result.metrics, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -108,10 +126,10 @@ def embed(
         Optional[Path],  # noqa: UP045
         typer.Option("--config", "-c", help="YAML recipe (e.g. configs/embed/lc25000.yaml); defaults if omitted."),
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an OUT that holds a run.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    dry_run: DryRun = False,
+    as_json: AsJson = False,
 ) -> None:
     """Contrastive training of the universal embedder (MLLM4PUE); several processes with
     [bold]accelerate launch -m pathmllm train embed ...[/bold].
@@ -122,19 +140,14 @@ def embed(
     """
     from pathmllm.train.embed import load_config, train
 
-    result = _run_recipe(load_config, train, config, overrides, resume, overwrite, dry_run)
+    result = _run_recipe(load_config, train, config, overrides, resume, overwrite, dry_run, as_json)
     if result is None:
-        return
-    if not result.metrics:  # not the main process
-        return
-    if as_json:
-        typer.echo(json.dumps(result.metrics, indent=2))
         return
     final = result.metrics.get("final") or {}
     line = f"{result.steps} steps in {result.train_seconds / 60:.1f} min"
     if final:
         line += f"; held-out zero-shot balanced accuracy {final['balanced_accuracy']:.3f} (n={final['n']})"
-    typer.echo(f"{line}\nmodel: {result.model_dir}\nmetrics: {Path(result.out) / 'metrics.json'}")
+    _echo_summary(line, result)
 
 
 @app.command("slide")
@@ -152,10 +165,10 @@ def slide(
         Optional[Path],  # noqa: UP045
         typer.Option("--config", "-c", help="YAML recipe (e.g. configs/slide/virtual.yaml); defaults if omitted."),
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an OUT that holds a run.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    dry_run: DryRun = False,
+    as_json: AsJson = False,
 ) -> None:
     """Train one stage of the hierarchical slide LLM (MLLM-HWSI); stages 2 and 3 start from
     init=<previous stage's OUT/model>. Several processes with [bold]accelerate launch -m pathmllm train slide ...[/bold].
@@ -166,20 +179,15 @@ def slide(
     """
     from pathmllm.train.slide import load_config, train
 
-    def load(path: Any, items: list[str]) -> Any:
-        return load_config(path, items, stage=stage)
-
-    result = _run_recipe(load, train, config, overrides, resume, overwrite, dry_run)
-    if result is None or not result.metrics:
-        return
-    if as_json:
-        typer.echo(json.dumps(result.metrics, indent=2))
+    result = _run_recipe(partial(load_config, stage=stage), train, config, overrides, resume, overwrite, dry_run,
+                         as_json)
+    if result is None:
         return
     line = f"stage {result.metrics['stage']}: {result.steps} steps in {result.train_seconds / 60:.1f} min"
     val = result.metrics.get("val")
     if val and val.get("closed_accuracy") is not None:
         line += f"; held-out closed-question accuracy {val['closed_accuracy']:.3f} (n={val['n_closed']})"
-    typer.echo(f"{line}\nmodel: {result.model_dir}\nmetrics: {Path(result.out) / 'metrics.json'}")
+    _echo_summary(line, result)
 
 
 @app.command("ground")
@@ -197,10 +205,10 @@ def ground(
         Optional[Path],  # noqa: UP045
         typer.Option("--config", "-c", help="YAML recipe (e.g. configs/ground/kvasir.yaml)."),
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an OUT that holds a run.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    dry_run: DryRun = False,
+    as_json: AsJson = False,
 ) -> None:
     """Train one stage of the MedPLIB-style grounding model (region prompts in, <SEG> masks out).
     Several processes with [bold]accelerate launch -m pathmllm train ground ...[/bold].
@@ -211,14 +219,9 @@ def ground(
     """
     from pathmllm.train.ground import load_config, train
 
-    def load(path: Any, items: list[str]) -> Any:
-        return load_config(path, items, stage=stage)
-
-    result = _run_recipe(load, train, config, overrides, resume, overwrite, dry_run)
-    if result is None or not result.metrics:
-        return
-    if as_json:
-        typer.echo(json.dumps(result.metrics, indent=2))
+    result = _run_recipe(partial(load_config, stage=stage), train, config, overrides, resume, overwrite, dry_run,
+                         as_json)
+    if result is None:
         return
     line = f"stage {result.metrics['stage']}: {result.steps} steps in {result.train_seconds / 60:.1f} min"
     ev = result.metrics.get("eval") or {}
@@ -227,4 +230,4 @@ def ground(
         line += f"; held-out mDice {seg['mDice']:.3f} (n={seg['n']})"
     if (ev.get("closed") or {}).get("n"):
         line += f"; closed accuracy {ev['closed']['accuracy']:.3f} (n={ev['closed']['n']})"
-    typer.echo(f"{line}\nmodel: {result.model_dir}\nmetrics: {Path(result.out) / 'metrics.json'}")
+    _echo_summary(line, result)

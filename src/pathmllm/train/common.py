@@ -1,13 +1,18 @@
-"""Pieces every training recipe shares: the learning-rate schedule, run-folder checks, the log."""
+"""Pieces every training recipe shares: the learning-rate schedule, run-folder checks, the log,
+and the accelerate set-up, step and end of a run."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 
 class ScheduleConfig(Protocol):
@@ -146,3 +151,108 @@ def save_checkpoint(acc: Any, ckpt: Path, step: int) -> None:
 
         write_json(ckpt / "step.json", {"step": step})
     acc.wait_for_everyone()
+
+
+# --------------------------------------------------------------------------------------------
+# the accelerate run of a recipe (embed, slide, ground): its config has ``seed``, ``device``,
+# ``bf16``, ``threads``, ``max_minutes``, ``checkpoint_every`` and an ``optim`` (OptimConfig)
+
+
+def make_accelerator(cfg: Any) -> Any:
+    """Set torch's CPU threads, create the ``Accelerator`` (unused parameters allowed under DDP),
+    check that ``optim.batch_size`` divides by its processes and seed every RNG."""
+    import torch
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import set_seed
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 else "no",
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    world = acc.num_processes
+    if cfg.optim.batch_size % world:
+        raise ValueError(f"optim.batch_size {cfg.optim.batch_size} must divide by the {world} processes")
+    set_seed(cfg.seed)
+    return acc
+
+
+def make_optimizer(acc: Any, module: Any, cfg: OptimConfig) -> tuple[list[Any], Any, Any]:
+    """AdamW over ``module``'s trainable parameters, module and optimiser prepared by ``acc``;
+    returns ``(trainable parameters, prepared module, prepared optimiser)``."""
+    import torch
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    prepared, optimizer = acc.prepare(module, optimizer)
+    return params, prepared, optimizer
+
+
+def load_checkpoint(acc: Any, ckpt: Path, log_path: Path) -> int:
+    """Restore the state :func:`save_checkpoint` wrote and return its step; the main process drops
+    the log lines written after it."""
+    acc.load_state(str(ckpt))
+    step = json.loads((ckpt / "step.json").read_text())["step"]
+    if acc.is_main_process:
+        truncate_log(log_path, step)
+    return step
+
+
+def set_lr(optimizer: Any, step: int, cfg: ScheduleConfig) -> float:
+    """Set (and return) the learning rate of ``step`` on every parameter group."""
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def optimizer_step(acc: Any, optimizer: Any, params: list[Any], grad_clip: float) -> None:
+    """Clip the gradient norm (``grad_clip`` > 0), step and clear the gradients."""
+    if grad_clip > 0:
+        acc.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def loss_record(acc: Any, loss: Any, terms: dict[str, Any], step: int, lr: float,
+                elapsed: float) -> dict[str, Any] | None:
+    """The log record of ``step``: the loss and its ``terms`` averaged over processes (so the log
+    reads the same for any number of processes). Every process calls it (the mean is computed
+    together); the main process gets the record, the others None."""
+    import torch
+
+    values = torch.stack([loss.detach(), *(v.detach() for v in terms.values())]).float()
+    if acc.num_processes > 1:
+        values = acc.reduce(values, reduction="mean")
+    if not acc.is_main_process:
+        return None
+    rec: dict[str, Any] = {"step": step, "loss": round(values[0].item(), 5), "lr": lr, "seconds": round(elapsed, 2)}
+    rec.update({k: round(v.item(), 5) for k, v in zip(terms, values[1:], strict=True)})
+    return rec
+
+
+def end_step(acc: Any, ckpt: Path, done: int, elapsed: float, cfg: Any) -> bool:
+    """After ``done`` steps: checkpoint every ``checkpoint_every`` steps; whether ``max_minutes``
+    is reached (every process gets the same answer and leaves the loop together)."""
+    if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+        save_checkpoint(acc, ckpt, done)
+    stop = time_is_up(acc, elapsed, cfg.max_minutes)
+    if stop:
+        log.info("max_minutes reached after %d steps", done)
+    acc.wait_for_everyone()
+    return stop
+
+
+def finish_run(acc: Any, ckpt: Path, done: int, out: Path, export: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Save the last checkpoint; the main process runs ``export`` (saves the model, evaluates)
+    and writes the metrics it returns to ``out/metrics.json``; then every process ends training
+    together. Returns the metrics (``{}`` on the other processes)."""
+    save_checkpoint(acc, ckpt, done)
+    metrics: dict[str, Any] = {}
+    if acc.is_main_process:
+        from pathmllm.utils.atomic import write_json
+
+        metrics = export()
+        write_json(out / "metrics.json", metrics)
+    acc.wait_for_everyone()
+    acc.end_training()  # tears the process group down on every rank together
+    return metrics

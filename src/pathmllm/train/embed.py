@@ -24,7 +24,6 @@ Face folder with merged LoRA weights, the processor and ``pathmllm_embedder.json
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -39,13 +38,16 @@ from pathmllm.train.common import (
     LoraSettings,
     OptimConfig,
     append_log,
+    end_step,
+    finish_run,
+    load_checkpoint,
     loadavg,
-    lr_at,
+    make_accelerator,
+    make_optimizer,
+    optimizer_step,
     run_paths,
-    save_checkpoint,
+    set_lr,
     start_run_dir,
-    time_is_up,
-    truncate_log,
 )
 from pathmllm.utils.config import load_yaml_config
 
@@ -283,30 +285,19 @@ def train(cfg: TrainEmbedConfig, resume: bool = False, overwrite: bool = False) 
     """Run the recipe (see the module docstring). Returns where things went and the metrics."""
 
     import torch
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import set_seed
 
     out = Path(cfg.out)
     ckpt, log_path = run_paths(out, resume, overwrite)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-
-    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 else "no",
-                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    acc = make_accelerator(cfg)
     world, rank = acc.num_processes, acc.process_index
-    if cfg.optim.batch_size % world:
-        raise ValueError(f"optim.batch_size {cfg.optim.batch_size} must divide by the {world} processes")
     local_batch = cfg.optim.batch_size // world
-    set_seed(cfg.seed)
     data = load_data(cfg.data)
     if acc.is_main_process:
         start_run_dir(out, cfg, resume, overwrite)
     acc.wait_for_everyone()
 
     embedder, peft_model = build_embedder(cfg, acc.device)
-    params = [p for p in embedder.module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    module, optimizer = acc.prepare(embedder.module, optimizer)
+    params, module, optimizer = make_optimizer(acc, embedder.module, cfg.optim)
     embedder.module = module
     eval_embedder = _eval_view(embedder)
 
@@ -317,13 +308,13 @@ def train(cfg: TrainEmbedConfig, resume: bool = False, overwrite: bool = False) 
 
     start_step = 0
     if resume:
-        acc.load_state(str(ckpt))
-        start_step = json.loads((ckpt / "step.json").read_text())["step"]
-        if acc.is_main_process:
-            truncate_log(log_path, start_step)
+        start_step = load_checkpoint(acc, ckpt, log_path)
         log.info("resumed from step %d", start_step)
 
+    history: list[dict[str, Any]] = []
+
     def evaluate(step: int) -> dict[str, Any] | None:
+        """Zero-shot evaluation on the held-out tiles (main process), kept in history and the log."""
         if not data.val_images:
             return None
         from pathmllm.bench.zero_shot import zero_shot_eval
@@ -332,22 +323,18 @@ def train(cfg: TrainEmbedConfig, resume: bool = False, overwrite: bool = False) 
         res = zero_shot_eval(eval_embedder, data.val_images, data.val_labels, cfg.data.class_names)
         module.train()
         log.info("step %d: zero-shot balanced accuracy %.3f", step, res["balanced_accuracy"])
+        history.append({"step": step, **res})
+        append_log(log_path, {"step": step, "eval": res})
         return res
 
-    history: list[dict[str, Any]] = []
     if acc.is_main_process and start_step == 0 and cfg.eval_every:
-        res = evaluate(0)
-        if res:
-            history.append({"step": 0, **res})
-            append_log(log_path, {"step": 0, "eval": res})
+        evaluate(0)
     t0 = time.perf_counter()
     step = start_step
     for step in range(start_step, cfg.optim.steps):
         rows = batch_rows(step, len(data.train), cfg.optim.batch_size, cfg.seed)
         records = [data.train[i] for i in rows[rank * local_batch:(rank + 1) * local_batch]]
-        lr = lr_at(step, cfg.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(optimizer, step, cfg.optim)
         keys = torch.tensor([keys_index[r.key] for r in records], device=acc.device) if use_keys else None
 
         # augmentation drawn per row of the global batch, so W processes see what one process sees
@@ -357,44 +344,26 @@ def train(cfg: TrainEmbedConfig, resume: bool = False, overwrite: bool = False) 
         if use_neg:
             sides.append(_items([r.negative for r in records], cache, ops[2]))
         loss = contrastive_step(embedder, acc, module, sides, keys, cfg)
-        if cfg.optim.grad_clip > 0:
-            acc.clip_grad_norm_(params, cfg.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(acc, optimizer, params, cfg.optim.grad_clip)
         done = step + 1
         elapsed = time.perf_counter() - t0
         if acc.is_main_process and (done % cfg.log_every == 0 or done == 1):
             append_log(log_path, {"step": done, "loss": round(loss.item(), 6), "lr": lr, "seconds": round(elapsed, 2)})
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.optim.steps and acc.is_main_process:
-            res = evaluate(done)
-            if res:
-                history.append({"step": done, **res})
-                append_log(log_path, {"step": done, "eval": res})
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-            save_checkpoint(acc, ckpt, done)
-        stop = time_is_up(acc, elapsed, cfg.max_minutes)
-        if stop:
-            log.info("max_minutes reached after %d steps", done)
-        acc.wait_for_everyone()
-        if stop:
+            evaluate(done)
+        if end_step(acc, ckpt, done, elapsed, cfg):
             break
     done = step + 1 if cfg.optim.steps > start_step else start_step
     train_seconds = time.perf_counter() - t0
-    save_checkpoint(acc, ckpt, done)
-    metrics: dict[str, Any] = {}
-    if acc.is_main_process:
+
+    def export() -> dict[str, Any]:
         res = evaluate(done)
-        if res:
-            history.append({"step": done, **res})
-            append_log(log_path, {"step": done, "eval": res})
         metrics = {"final": res, "history": history, "steps": done, "train_seconds": round(train_seconds, 1),
                    "processes": world, "loadavg": loadavg()}
         export_model(embedder, peft_model, out / "model")
-        from pathmllm.utils.atomic import write_json
+        return metrics
 
-        write_json(out / "metrics.json", metrics)
-    acc.wait_for_everyone()
-    acc.end_training()  # tears the process group down on every rank together
+    metrics = finish_run(acc, ckpt, done, out, export)
     return TrainEmbedResult(str(out), str(out / "model"), done, train_seconds, metrics)
 
 

@@ -47,7 +47,6 @@ the input of the next stage and of ``pathmllm ask``/``pathmllm ground``) and ``m
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -61,13 +60,17 @@ from pathmllm.train.common import (
     LoraSettings,
     OptimConfig,
     append_log,
+    end_step,
+    finish_run,
+    load_checkpoint,
     loadavg,
-    lr_at,
+    loss_record,
+    make_accelerator,
+    make_optimizer,
+    optimizer_step,
     run_paths,
-    save_checkpoint,
+    set_lr,
     start_run_dir,
-    time_is_up,
-    truncate_log,
 )
 from pathmllm.utils.config import load_yaml_config
 
@@ -557,20 +560,10 @@ def _module_class() -> Any:
 
 def train(cfg: TrainGroundConfig, resume: bool = False, overwrite: bool = False) -> TrainGroundResult:
     """Run one stage (module docstring)."""
-    import torch
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import set_seed
-
     out = Path(cfg.out)
     ckpt, log_path = run_paths(out, resume, overwrite)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 else "no",
-                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    acc = make_accelerator(cfg)
     world, rank = acc.num_processes, acc.process_index
-    if cfg.optim.batch_size % world:
-        raise ValueError(f"optim.batch_size {cfg.optim.batch_size} must divide by the {world} processes")
-    set_seed(cfg.seed)
     weights = cfg.losses.resolved(cfg.stage)
     if acc.is_main_process:
         start_run_dir(out, cfg, resume, overwrite)
@@ -589,15 +582,10 @@ def train(cfg: TrainGroundConfig, resume: bool = False, overwrite: bool = False)
     model.train()
 
     module = _module_class()(model, weights)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    wrapped, optimizer = acc.prepare(module, optimizer)
+    params, wrapped, optimizer = make_optimizer(acc, module, cfg.optim)
     start_step = 0
     if resume:
-        acc.load_state(str(ckpt))
-        start_step = json.loads((ckpt / "step.json").read_text())["step"]
-        if acc.is_main_process:
-            truncate_log(log_path, start_step)
+        start_step = load_checkpoint(acc, ckpt, log_path)
         log.info("resumed stage %s from step %d", cfg.stage, start_step)
     log.info("stage %s: %d records, %d trainable tensors, losses %s", cfg.stage, len(records), len(trainable),
              weights)
@@ -615,26 +603,16 @@ def train(cfg: TrainGroundConfig, resume: bool = False, overwrite: bool = False)
             if cfg.data.flip:
                 ex = flipped(ex, bool(rng.integers(2)), bool(rng.integers(2)))
             examples.append(ex)
-        lr = lr_at(step, cfg.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(optimizer, step, cfg.optim)
         with acc.autocast():
             loss, terms = wrapped(examples)
         acc.backward(loss)
-        if cfg.optim.grad_clip > 0:
-            acc.clip_grad_norm_(params, cfg.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(acc, optimizer, params, cfg.optim.grad_clip)
         done = step + 1
         elapsed = time.perf_counter() - t0
         if done % cfg.log_every == 0 or done == 1:
-            values = torch.stack([loss.detach(), *(v.detach() for v in terms.values())]).float()
-            if world > 1:
-                values = acc.reduce(values, reduction="mean")
-            if acc.is_main_process:
-                rec: dict[str, Any] = {"step": done, "loss": round(values[0].item(), 5), "lr": lr,
-                                       "seconds": round(elapsed, 2)}
-                rec.update({k: round(v.item(), 5) for k, v in zip(terms, values[1:], strict=True)})
+            rec = loss_record(acc, loss, terms, done, lr, elapsed)
+            if rec is not None:
                 mods = model.moe_modules()
                 if mods:
                     from pathmllm.models.grounding.moe import routing_statistics
@@ -642,20 +620,13 @@ def train(cfg: TrainGroundConfig, resume: bool = False, overwrite: bool = False)
                     rec["routing"] = _round_stats(routing_statistics(mods, token_groups(
                         model, [e.modality for e in examples])))
                 append_log(log_path, rec)
-                log.info("stage %s step %d/%d loss %.4f", cfg.stage, done, cfg.optim.steps, values[0].item())
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-            save_checkpoint(acc, ckpt, done)
-        stop = time_is_up(acc, elapsed, cfg.max_minutes)
-        if stop:
-            log.info("max_minutes reached after %d steps", done)
-        acc.wait_for_everyone()
-        if stop:
+                log.info("stage %s step %d/%d loss %.4f", cfg.stage, done, cfg.optim.steps, rec["loss"])
+        if end_step(acc, ckpt, done, elapsed, cfg):
             break
     done = step + 1 if cfg.optim.steps > start_step else start_step
     train_seconds = time.perf_counter() - t0
-    save_checkpoint(acc, ckpt, done)
-    metrics: dict[str, Any] = {}
-    if acc.is_main_process:
+
+    def export() -> dict[str, Any]:
         model.eval()
         model.save_pretrained(out / "model")
         metrics = {"stage": cfg.stage, "steps": done, "train_seconds": round(train_seconds, 1), "processes": world,
@@ -665,11 +636,9 @@ def train(cfg: TrainGroundConfig, resume: bool = False, overwrite: bool = False)
             metrics["eval"] = evaluate_file(model, cfg.data.eval, cfg.data.eval_image_root or cfg.data.image_root,
                                             split=cfg.data.eval_split, max_items=cfg.data.max_eval,
                                             max_new_tokens=cfg.max_new_tokens)
-        from pathmllm.utils.atomic import write_json
+        return metrics
 
-        write_json(out / "metrics.json", metrics)
-    acc.wait_for_everyone()
-    acc.end_training()
+    metrics = finish_run(acc, ckpt, done, out, export)
     return TrainGroundResult(str(out), str(out / "model"), done, train_seconds, metrics)
 
 

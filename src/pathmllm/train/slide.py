@@ -56,13 +56,17 @@ from pathmllm.train.common import (
     LoraSettings,
     OptimConfig,
     append_log,
+    end_step,
+    finish_run,
+    load_checkpoint,
     loadavg,
-    lr_at,
+    loss_record,
+    make_accelerator,
+    make_optimizer,
+    optimizer_step,
     run_paths,
-    save_checkpoint,
+    set_lr,
     start_run_dir,
-    time_is_up,
-    truncate_log,
 )
 from pathmllm.utils.config import load_yaml_config
 
@@ -541,24 +545,13 @@ class _HierarchyCache:
 
 def train(cfg: TrainSlideConfig, resume: bool = False, overwrite: bool = False) -> TrainSlideResult:
     """Run one stage (see the module docstring)."""
-
-    import torch
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import set_seed
-
     from pathmllm.models.hierarchy.pipeline import format_prompt
     from pathmllm.models.hierarchy.store_batch import collate_hierarchy
 
     out = Path(cfg.out)
     ckpt, log_path = run_paths(out, resume, overwrite)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 else "no",
-                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    acc = make_accelerator(cfg)
     world, rank = acc.num_processes, acc.process_index
-    if cfg.optim.batch_size % world:
-        raise ValueError(f"optim.batch_size {cfg.optim.batch_size} must divide by the {world} processes")
-    set_seed(cfg.seed)
 
     spec = resolve_spec(cfg)
     data = load_data(cfg, spec, cfg.data.train)
@@ -590,15 +583,10 @@ def train(cfg: TrainSlideConfig, resume: bool = False, overwrite: bool = False) 
     acc.wait_for_everyone()
 
     module = SlideTrainingModule(model, weights, cfg.losses.scales, cfg.losses.temperature)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    wrapped, optimizer = acc.prepare(module, optimizer)
+    params, wrapped, optimizer = make_optimizer(acc, module, cfg.optim)
     start_step = 0
     if resume:
-        acc.load_state(str(ckpt))
-        start_step = json.loads((ckpt / "step.json").read_text())["step"]
-        if acc.is_main_process:
-            truncate_log(log_path, start_step)
+        start_step = load_checkpoint(acc, ckpt, log_path)
         log.info("resumed stage %d from step %d", cfg.stage, start_step)
     log.info("stage %d: %d slides, %d trainable tensors, losses %s", cfg.stage, len(train_slides), len(trainable),
              weights)
@@ -620,42 +608,25 @@ def train(cfg: TrainSlideConfig, resume: bool = False, overwrite: bool = False) 
             chosen = chosen[rank * n_local:(rank + 1) * n_local] if world > 1 else chosen
             prompts = [format_prompt(spec, model.tokenizer, e.prompt_question, model.slide_token) for e in chosen]
             lm = {k: v.to(acc.device) for k, v in model.prepare_inputs(prompts, [e.answer for e in chosen]).items()}
-        lr = lr_at(step, cfg.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(optimizer, step, cfg.optim)
         with acc.autocast():
             loss, terms = wrapped(batch, texts, lm)
         acc.backward(loss)
-        if cfg.optim.grad_clip > 0:
-            acc.clip_grad_norm_(params, cfg.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(acc, optimizer, params, cfg.optim.grad_clip)
         done = step + 1
         elapsed = time.perf_counter() - t0
         if done % cfg.log_every == 0 or done == 1:
-            # averaged over processes (the contrastive terms are already global; the others are
-            # per-process means), so the log reads the same for any number of processes
-            values = torch.stack([loss.detach(), *(v.detach() for v in terms.values())]).float()
-            if world > 1:
-                values = acc.reduce(values, reduction="mean")
-            if acc.is_main_process:
-                rec = {"step": done, "loss": round(values[0].item(), 5), "lr": lr, "seconds": round(elapsed, 2)}
-                rec.update({k: round(v.item(), 5) for k, v in zip(terms, values[1:], strict=True)})
+            # the contrastive terms are already global, the others per-process means
+            rec = loss_record(acc, loss, terms, done, lr, elapsed)
+            if rec is not None:
                 append_log(log_path, rec)
-                log.info("stage %d step %d/%d loss %.4f", cfg.stage, done, cfg.optim.steps, values[0].item())
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-            save_checkpoint(acc, ckpt, done)
-        stop = time_is_up(acc, elapsed, cfg.max_minutes)
-        if stop:
-            log.info("max_minutes reached after %d steps", done)
-        acc.wait_for_everyone()
-        if stop:
+                log.info("stage %d step %d/%d loss %.4f", cfg.stage, done, cfg.optim.steps, rec["loss"])
+        if end_step(acc, ckpt, done, elapsed, cfg):
             break
     done = step + 1 if cfg.optim.steps > start_step else start_step
     train_seconds = time.perf_counter() - t0
-    save_checkpoint(acc, ckpt, done)
-    metrics: dict[str, Any] = {}
-    if acc.is_main_process:
+
+    def export() -> dict[str, Any]:
         model.eval()
         model.save_pretrained(out / "model")
         spec.save(out / "model")
@@ -668,9 +639,7 @@ def train(cfg: TrainSlideConfig, resume: bool = False, overwrite: bool = False) 
             metrics["val"] = evaluate_slide_qa(model, spec, cfg.data.val, cfg.data.stores, slides=cfg.data.slides,
                                                fmt=cfg.data.format, max_questions=cfg.data.max_eval,
                                                max_new_tokens=cfg.max_new_tokens, mpp=cfg.data.mpp).summary()
-        from pathmllm.utils.atomic import write_json
+        return metrics
 
-        write_json(out / "metrics.json", metrics)
-    acc.wait_for_everyone()
-    acc.end_training()
+    metrics = finish_run(acc, ckpt, done, out, export)
     return TrainSlideResult(str(out), str(out / "model"), done, train_seconds, metrics)
