@@ -13,6 +13,10 @@ Measured on the example slide's patches (``min_tissue=0``: every patch touching 
   batch at a time, no workers, ``torch.no_grad``;
 * ``per-patch loop``: the same, forwarding each patch alone (batch 1).
 
+``--precision int8`` runs pathmllm and the model-only reference with the encoder's linear
+layers in dynamic int8 (the simple loops stay float32, as they would be written) and prints
+how far that moves the features (cosine with float32 on the same patches).
+
 Ratios: **feeding** = pathmllm / model only (target >= 0.9); **speed-up** = pathmllm / simple
 loop (target >= 2 on this 2-core machine). Each of the first three methods runs once untimed
 (torch builds CPU kernels per new tensor shape), then all run in rounds in rotating order;
@@ -58,12 +62,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                     help="pathmllm's precision (and the model-only reference's); the simple loops stay float32")
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
     device = torch.device(args.device)
-    from pathmllm.encoders.extract import autocast_dtype
+    from pathmllm.encoders.extract import autocast_dtype, precision_label
 
     dtype = autocast_dtype(device, args.precision)
     out = WORK / "features"
@@ -76,6 +80,9 @@ def main() -> None:
     n = len(coords)
     enc = build_encoder(args.encoder, device=device, allow_random=True)
     spec = enc.spec
+    from pathmllm.encoders.extract import quantize_int8
+
+    run_enc = quantize_int8(enc) if args.precision == "int8" else enc  # pathmllm's and model-only's model
     slide = open_slide(args.slide)
     plan = slide.plan(float(attrs["target_mpp"]), int(attrs["patch_size"]))
     decoded = [np.stack([slide.read_patch(tuple(c), plan.patch_size, plan=plan) for c in coords[i:i + args.batch_size]])
@@ -87,7 +94,7 @@ def main() -> None:
         t = time.perf_counter()
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             for batch in decoded:
-                enc(enc.preprocess(torch.from_numpy(batch).to(device)))
+                run_enc(run_enc.preprocess(torch.from_numpy(batch).to(device)))
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t
@@ -98,11 +105,6 @@ def main() -> None:
         cfg = ExtractConfig(args.encoder, batch_size=args.batch_size, num_workers=args.num_workers,
                             device=args.device, allow_random=True, precision=args.precision)
         t = time.perf_counter()
-        if args.quick:  # only the first patches: call the reader on a smaller store copy
-            from pathmllm.encoders import extract
-
-            extract._MODELS.clear()
-            extract._MODELS[(args.encoder, None, str(device), True)] = enc
         res = extract_slide_features(args.slide, out, cfg, tiling)
         assert res.n_patches >= n
         return (time.perf_counter() - t) * n / res.n_patches
@@ -128,7 +130,8 @@ def main() -> None:
 
     from pathmllm.encoders import extract
 
-    extract._MODELS[(args.encoder, None, str(device), True)] = enc  # reuse the same model object
+    extract._MODELS[(args.encoder, None, str(device), True)] = enc  # reuse the same model objects
+    extract._MODELS[(args.encoder + "#int8", None, str(device), True)] = run_enc
     methods = {"model only": model_only, "pathmllm": pathmllm, "simple loop": lambda: simple(args.batch_size),
                "per-patch loop": lambda: simple(1)}
     times: dict[str, list[float]] = {k: [] for k in methods}
@@ -141,7 +144,8 @@ def main() -> None:
     print_machine()
     print(f"encoder {args.encoder} ({spec.architecture}, {spec.embed_dim}-d, random weights), {n} patches, "
           f"batch {args.batch_size}, device {device}, torch threads {torch.get_num_threads()}, "
-          f"loader workers {args.num_workers}, pathmllm precision {args.precision} ({dtype or 'float32'})\n")
+          f"loader workers {args.num_workers}, pathmllm precision {args.precision} "
+          f"({precision_label(args.precision, dtype)}; the simple loops: float32)\n")
     med = {k: median(v) for k, v in times.items()}
     rows = [[k, " ".join(f"{t:.2f}" for t in times[k]), f"{med[k]:.2f}", f"{n / med[k]:.1f}",
              f"{med[k] / med['pathmllm']:.2f}x"] for k in names]
@@ -149,6 +153,13 @@ def main() -> None:
     print(f"\nfeeding ratio (pathmllm / model only patches/s): {med['model only'] / med['pathmllm']:.3f}  (target >= 0.9)")
     print(f"speed-up over the simple loop: {med['simple loop'] / med['pathmllm']:.2f}x  (target >= 2)")
     print(f"speed-up over the per-patch loop: {med['per-patch loop'] / med['pathmllm']:.2f}x")
+    if args.precision != "fp32":  # how far the faster arithmetic moves the features
+        with torch.inference_mode():
+            ref = torch.cat([enc(enc.preprocess(torch.from_numpy(b).to(device))) for b in decoded]).float()
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                got = torch.cat([run_enc(run_enc.preprocess(torch.from_numpy(b).to(device))) for b in decoded])
+        cos = torch.nn.functional.cosine_similarity(got.float(), ref)
+        print(f"features vs float32 ({args.precision}): cosine mean {cos.mean():.4f}, min {cos.min():.4f}")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ def embed_patches(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output HDF5 (default: FOLDER/embeddings_<encoder>.h5).")] = None,  # noqa: UP045
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Local weights file or folder.")] = None,  # noqa: UP045
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 64,
-    num_workers: Annotated[Optional[int], typer.Option("--num-workers")] = None,  # noqa: UP045
+    num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="DataLoader worker processes (default: on the CPU none, a reader thread; on a GPU cores - 1).")] = None,  # noqa: UP045
     device: Annotated[str, typer.Option("--device")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, "
+                                           "fp16, int8 (CPU: dynamic int8 linear layers, ~1.5x faster).")] = "auto",
 ) -> None:
     """Embed every image in FOLDER; writes features (N, D) and the relative paths (N,)."""
     from rich.console import Console
@@ -25,7 +27,7 @@ def embed_patches(
     console = Console(stderr=True)
     try:
         res = embed_folder(folder, encoder, out, weights=str(weights) if weights else None, batch_size=batch_size,
-                           num_workers=num_workers, device=device)
+                           num_workers=num_workers, device=device, precision=precision)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         console.print(f"[bold red]error:[/] {str(exc).strip(chr(39))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

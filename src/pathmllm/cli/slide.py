@@ -314,7 +314,7 @@ def features(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Patches per forward pass.")] = 64,
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="DataLoader workers reading patches (default: cores - 1).")] = None,  # noqa: UP045
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto (bf16/fp16 on GPU), fp32, bf16, fp16.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16, int8 (CPU: dynamic int8 linear layers, ~1.5x faster, features within ~0.5% cosine).")] = "auto",
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random weights when none are found (benchmarks only).")] = False,
     target_mpp: TargetMpp = 0.5,
     patch_size: PatchSize = 256,
@@ -336,12 +336,19 @@ def features(
 
     Writes features_<encoder>.h5 (TRIDENT layout plus region and slide means) into each store.
     """
-    from pathmllm.encoders.extract import ExtractConfig, extract_slide_features
+    from pathmllm.encoders.extract import (
+        ExtractConfig,
+        autocast_dtype,
+        extract_slide_features,
+        resolve_device,
+    )
     from pathmllm.encoders.registry import encoder_spec
 
     layouts = _layouts(layout)
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        _fail(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16", code=2)
+    try:
+        autocast_dtype(resolve_device(device), precision)  # type: ignore[arg-type]
+    except (ValueError, RuntimeError) as exc:
+        _fail(f"--precision {precision} --device {device}: {exc}", code=2)
     try:
         encoder_spec(encoder)
     except (KeyError, ValueError) as exc:

@@ -11,7 +11,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pathmllm.encoders.extract import cached_encoder, embed_batch, resolve_device, safe_name
+from pathmllm.encoders.extract import (
+    autocast_dtype,
+    cached_encoder,
+    embed_batch,
+    precision_label,
+    prefetch_in_thread,
+    resolve_device,
+    safe_name,
+)
 from pathmllm.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -55,10 +63,13 @@ def embed_folder(
     batch_size: int = 64,
     num_workers: int | None = None,
     device: str = "auto",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Features of every image under ``folder`` into ``out`` (HDF5: ``features``, ``paths``).
 
     Unreadable images are skipped and listed (``skipped`` attribute), never fatal.
+    ``precision`` as in :class:`~pathmllm.encoders.extract.ExtractConfig` (``auto``: AMP on a
+    GPU, float32 on the CPU; ``int8``: dynamic int8 linear layers on the CPU).
     """
     import h5py
 
@@ -69,17 +80,21 @@ def embed_folder(
     if not files:
         raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     dev = resolve_device(device)
-    enc = cached_encoder(encoder, weights, dev, False)
-    workers = num_workers if num_workers is not None else max(0, min(8, (os.cpu_count() or 2) - 1))
+    dtype = autocast_dtype(dev, precision)  # type: ignore[arg-type]
+    enc = cached_encoder(encoder, weights, dev, False, precision)
+    if num_workers is not None:
+        workers = num_workers
+    else:  # as for slides: on the CPU a reader thread, so the cores stay with the model
+        workers = 0 if dev.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
     loader = torch.utils.data.DataLoader(
         ImageFiles(files, enc.spec.input_size), batch_size=batch_size, num_workers=workers,
         collate_fn=_collate, pin_memory=dev.type == "cuda",
     )
     feats = np.zeros((len(files), enc.embed_dim), np.float32)
     ok = np.zeros(len(files), bool)
-    for idx, images, _bad in loader:
+    for idx, images, _bad in prefetch_in_thread(loader, depth=2) if workers == 0 else loader:
         if images is not None:
-            feats[idx] = embed_batch(enc, images, dev, None)
+            feats[idx] = embed_batch(enc, images, dev, dtype)
             ok[idx] = True
     skipped = [str(files[i].relative_to(folder)) for i in np.nonzero(~ok)[0]]
     for s in skipped:
@@ -88,7 +103,7 @@ def embed_folder(
     rel = [str(files[i].relative_to(folder)) for i in np.nonzero(ok)[0]]
     with atomic_path(target) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset("features", data=feats[ok])
-        d.attrs.update({"encoder": encoder, "folder": str(folder)})
+        d.attrs.update({"encoder": encoder, "folder": str(folder), "precision": precision_label(precision, dtype)})
         f.create_dataset("paths", data=np.array(rel, dtype=object), dtype=h5py.string_dtype())
         f.attrs["skipped"] = np.array(skipped, dtype=object) if skipped else np.array([], dtype="S1")
     return {"output": str(target), "n_images": int(ok.sum()), "embed_dim": enc.embed_dim, "skipped": skipped}
