@@ -123,6 +123,54 @@ def test_multi_region_tokens() -> None:
     assert torch.isfinite(total)
 
 
+def _varied(moe: bool) -> GroundingLM:
+    """A tiny model whose greedy answers change with the input (random tiny weights repeat one
+    token), optionally with a Mixture-of-Experts (experts made different, so routing matters)."""
+    m = _model().eval()
+    if moe:
+        m.make_moe("all")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in m.model.named_parameters():
+            if "visual" not in name and p.ndim == 2:
+                p.add_(torch.randn_like(p) * p.std() * 3)
+    return m
+
+
+def _greedy_by_definition(m: GroundingLM, p: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy decoding with no cache: the whole sequence through the LM at every step."""
+    ids, logits = p["ids"], []
+    for _ in range(n):
+        types = None if p["types"] is None else torch.nn.functional.pad(p["types"], (0, ids.shape[1] - p["types"].shape[1]))
+        out = m._lm(ids, torch.ones_like(ids), m._embed(ids, p["region"]), p["vision"], p["thw"], types)
+        logits.append(out.logits[0, -1])
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], dim=1)
+        if int(nxt) == m.tokenizer.eos_token_id:
+            break
+    return ids, torch.stack(logits)
+
+
+@pytest.mark.parametrize("moe", [False, True])
+def test_cached_generation_equals_rerunning_the_sequence(moe: bool) -> None:
+    m = _varied(moe)
+    answers = set()
+    with torch.no_grad():
+        for seed, region in [(0, _mask(5, 5, 20, 20)), (1, None), (2, _mask(30, 40, 25, 30))]:
+            prompt = "describe <region>" if region is not None else "describe the image"
+            p = m._prepare(_image(seed), prompt, region)
+            out = m._decode(p, 12, output_logits=True, return_dict_in_generate=True)
+            ref_ids, ref_logits = _greedy_by_definition(m, p, 12)
+            assert torch.equal(out.sequences, ref_ids)
+            torch.testing.assert_close(torch.stack(out.logits)[:, 0], ref_logits, atol=1e-4, rtol=1e-4)
+            text, _ = m.generate(_image(seed), prompt, region, max_new_tokens=12)
+            new = ref_ids[0, p["ids"].shape[1]:].tolist()
+            new = new[:-1] if new and new[-1] == m.tokenizer.eos_token_id else new
+            assert text == m.tokenizer.decode(new, skip_special_tokens=False)
+            answers.add(text)
+    assert len(answers) > 1  # the answers depend on the input: the comparison is not vacuous
+
+
 def test_generate_and_masks(model: GroundingLM) -> None:
     img = _image(5)
     text, masks = model.generate(img, "segment <region>", region_mask=_mask(5, 5, 20, 20),

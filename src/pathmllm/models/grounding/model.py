@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import GenerationConfig
 
 from pathmllm.losses import mask_loss
 from pathmllm.models.grounding.moe import MoEFeedForward, convert_to_moe
@@ -388,27 +389,45 @@ class GroundingLM(nn.Module):
     ) -> tuple[str, Tensor | None]:
         """Greedy answer and its masks: ``(text, (n, H, W) bool or None when no <SEG>)``.
 
-        Decoding re-runs the LM over the whole sequence at each step (no KV cache: the region
-        embeddings are spliced in by hand), which is fine for short grounding answers.
+        Decoding is Hugging Face ``generate`` with its KV cache: the prompt (image features and
+        region embeddings spliced in) is run once, then one token per step. Then the LM runs
+        once over the whole sequence for the hidden states of the ``<SEG>`` tokens, whose masks
+        the SAM decoder draws. (Tested equal, logit by logit, to re-running the whole sequence
+        at every step.)
         """
+        p = self._prepare(image, prompt, region_mask)
+        out = self._decode(p, max_new_tokens)
+        eos = self.tokenizer.eos_token_id
+        new = out[0, p["ids"].shape[1]:]
+        if len(new) and int(new[-1]) == eos:
+            new = new[:-1]
+        ids = torch.cat([p["ids"], new[None].to(p["ids"].device)], dim=1)
+        text = self.tokenizer.decode(new.tolist(), skip_special_tokens=False)
+        tt = p["types"]
+        types = None if tt is None else F.pad(tt, (0, ids.shape[1] - tt.shape[1]))
+        masks = self.masks_for_ids(image, ids, p["thw"], p["vision"], p["region"], types)
+        return text, masks
+
+    def _prepare(self, image: Any, prompt: str, region_mask: np.ndarray | None) -> dict[str, Any]:
+        """The prompt's ids, grid, token types, image features and region embeddings (on device)."""
         device = self.backbone.device
         enc = self._encode(image, prompt, region_mask is not None)
-        ids = enc["input_ids"].to(device)
         thw = enc["image_grid_thw"].to(device)
-        tt = enc.get("mm_token_type_ids")
         vision = self.image_features(enc["pixel_values"], thw)
-        region = self.region_embeddings(vision.pooler_output, thw, [region_mask])
+        tt = enc.get("mm_token_type_ids")
+        return {"ids": enc["input_ids"].to(device), "thw": thw, "vision": vision,
+                "types": None if tt is None else tt.to(device),
+                "region": self.region_embeddings(vision.pooler_output, thw, [region_mask])}
+
+    def _decode(self, p: dict[str, Any], max_new_tokens: int, **extra: Any) -> Any:
+        """Greedy decoding, with the KV cache, of a prompt from :meth:`_prepare` (``generate``'s output)."""
         eos = self.tokenizer.eos_token_id
-        prompt_len = ids.shape[1]
-        for _ in range(max_new_tokens):
-            types = None if tt is None else F.pad(tt, (0, ids.shape[1] - tt.shape[1])).to(device)
-            out = self._lm(ids, torch.ones_like(ids), self._embed(ids, region), vision, thw, types)
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            if int(nxt) == eos:
-                break
-            ids = torch.cat([ids, nxt], dim=1)
-        new = ids[0, prompt_len:]
-        text = self.tokenizer.decode(new.tolist(), skip_special_tokens=False)
-        types = None if tt is None else F.pad(tt, (0, ids.shape[1] - tt.shape[1])).to(device)
-        masks = self.masks_for_ids(image, ids, thw, vision, region, types)
-        return text, masks
+        kwargs: dict[str, Any] = {} if p["types"] is None else {"mm_token_type_ids": p["types"]}
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
+                                  pad_token_id=eos, use_cache=True, repetition_penalty=1.0)
+        ids = p["ids"]
+        return self.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), inputs_embeds=self._embed(ids, p["region"]),
+            mm_encoder_outputs={"image": p["vision"]}, image_grid_thw=p["thw"], generation_config=config,
+            **kwargs, **extra,
+        )
