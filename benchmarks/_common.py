@@ -6,6 +6,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from importlib import metadata
@@ -59,6 +60,11 @@ def machine() -> dict[str, str]:
         info["ram"] = f"{kb / 2**20:.1f} GiB"
     except (OSError, StopIteration):
         pass
+    torch = sys.modules.get("torch")  # only when the benchmark already uses it
+    if torch is not None:
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
     for dist in ("openslide-python", "openslide-bin", "tifffile", "pillow", "numpy", "imagecodecs"):
         try:
             info[dist] = metadata.version(dist)
