@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -407,6 +410,9 @@ def test_moe_routing_statistics_logged(stages: dict[str, Path]) -> None:
     for rec in log:
         routing = rec["routing"]
         assert set(routing) == {"image", "region", "seg", "answer_text", "prompt_text", "modality:endoscopy"}
+        tokens = rec["routing_tokens"]  # how many tokens each group's fractions are over
+        assert set(tokens) == set(routing) and tokens["image"] > 0 and tokens["answer_text"] > 0
+        assert all((tokens[g] == 0) == (routing[g]["0"][0] is None) for g in routing)
         for group, per_layer in routing.items():
             assert set(per_layer) == {"0", "1"}, group
             for fr in per_layer.values():
@@ -446,6 +452,37 @@ def test_resume_is_exact(stages: dict[str, Path], kvasir: dict[str, Path], tmp_p
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
     assert any(not torch.equal(two[k], wb[k]) for k in wb)  # steps 3-4 did train
+
+
+@pytest.mark.data
+def test_two_processes_train_and_count_routing_over_the_global_batch(
+        stages: dict[str, Path], kvasir: dict[str, Path], tmp_path: Path) -> None:
+    """The moe stage under torchrun with 2 CPU processes (1 example each): it trains, saves one
+    model, and its step-1 routing statistics are those of the whole global batch, equal to one
+    process's on the same two examples (same initial weights; no flips, no jitter)."""
+    common = [f"model.init={stages['seg'] / 'model'}", f"moe.vl_model={stages['vl'] / 'model'}",
+              "data.flip=false", "moe.jitter=0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(load_config(EXAMPLE, _run_overrides(one, kvasir, *common, evaluate=False), stage="moe"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "pathmllm", "train",
+           "ground", "--stage", "moe", "-c", str(EXAMPLE), *_run_overrides(two, kvasir, *common, evaluate=False)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((two / "metrics.json").read_text())["processes"] == 2
+    assert _weights(one / "model").keys() == _weights(two / "model").keys()
+    first_one, first_two = _log(one)[0], _log(two)[0]
+    assert first_two["step"] == 1 and math.isfinite(first_two["loss"])
+    # the counts cover both processes' examples: as many tokens as one process with both
+    assert first_two["routing_tokens"] == first_one["routing_tokens"]
+    assert first_one["routing_tokens"]["image"] > 0
+    for group, per_layer in first_one["routing"].items():
+        for layer, fr in per_layer.items():
+            got = first_two["routing"][group][layer]
+            if fr[0] is None:
+                assert got[0] is None, (group, layer)
+            else:
+                assert got == pytest.approx(fr, abs=1e-3), (group, layer)
 
 
 @pytest.mark.data

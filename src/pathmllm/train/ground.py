@@ -25,8 +25,9 @@ the vl stage's model, so attention, vision tower and region encoder are shared) 
 FFN of the ``moe.layers`` into ``moe.experts``: expert *i*'s FFN weights are read from the
 *i*-th model folder in ``moe.experts`` (default: ``[vl model, init]``) -- MedPLIB's
 vision-language expert and grounding expert -- and a router picks one per token (top-1).
-Routing statistics (fraction of tokens per expert, per layer) are logged every ``log_every``
-steps per token type (image, region, prompt text, answer text, ``<SEG>``) and per modality.
+Routing statistics (fraction of tokens per expert, per layer, over the whole global batch) are
+logged every ``log_every`` steps per token type (image, region, prompt text, answer text,
+``<SEG>``) and per modality, with each group's token count (``routing_tokens``).
 
 Trainable groups: ``vision`` (the VLM's vision tower), ``lm`` (every LM weight), ``lm_ffn`` (the
 LM's FFNs), ``embeddings`` (input embeddings + LM head, trained fully as LISA and MedPLIB do, so
@@ -502,8 +503,11 @@ def batch_indices(step: int, n: int, batch: int, seed: int) -> list[int]:
 # routing statistics
 
 
-def token_groups(model: Any, modalities: list[str]) -> dict[str, Any]:
-    """Boolean ``(B, T)`` masks of the last forward's tokens by type and by modality."""
+def token_groups(model: Any, modalities: list[str], all_modalities: list[str] | None = None) -> dict[str, Any]:
+    """Boolean ``(B, T)`` masks of the last forward's tokens by type and by modality.
+
+    ``modalities``: each row's; ``all_modalities``: the modality groups to make (default: those
+    of the rows), so that every process makes the same groups."""
     batch = model.last_batch
     ids, labels, attn = batch["input_ids"], batch["labels"], batch["attention_mask"].bool()
     image_id = getattr(model.model.config, "image_token_id", None)
@@ -513,10 +517,35 @@ def token_groups(model: Any, modalities: list[str]) -> dict[str, Any]:
     answer = (labels != -100) & ~seg
     groups = {"image": image & attn, "region": region & attn, "seg": seg & attn, "answer_text": answer & attn,
               "prompt_text": attn & ~image & ~region & ~seg & ~answer}
-    for m in sorted(set(modalities)):
+    for m in sorted(set(all_modalities if all_modalities is not None else modalities)):
         rows = ids.new_tensor([x == m for x in modalities], dtype=bool)
         groups[f"modality:{m}"] = attn & rows[:, None]
     return groups
+
+
+def global_routing(acc: Any, model: Any, modalities: list[str],
+                   all_modalities: list[str]) -> tuple[dict[str, Any], dict[str, int]] | None:
+    """Routing statistics of the last step over the whole global batch, and the number of tokens
+    of each group they are over: every process counts its tokens' assignments and the counts are
+    summed across processes (every process calls this; None without MoE layers)."""
+    import torch
+
+    from pathmllm.models.grounding.moe import count_fractions, routing_counts
+
+    mods = model.moe_modules()
+    if not mods:
+        return None
+    counts = routing_counts(mods, token_groups(model, modalities, all_modalities))
+    groups = list(counts)
+    layers = list(counts[groups[0]])
+    table = torch.stack([torch.stack([counts[g][layer] for layer in layers]) for g in groups])  # (G, L, N)
+    if acc.num_processes > 1:
+        table = acc.reduce(table.to(acc.device), reduction="sum")
+    table = table.cpu()
+    fractions = _round_stats({g: {layer: count_fractions(table[i, j]) for j, layer in enumerate(layers)}
+                              for i, g in enumerate(groups)})
+    tokens = {g: int(round(float(table[i, 0].sum()) / mods[0].top_k)) for i, g in enumerate(groups)}
+    return fractions, tokens
 
 
 def _round_stats(stats: dict[str, dict[int, list[float]]]) -> dict[str, dict[str, list[float | None]]]:
@@ -590,6 +619,7 @@ def train(cfg: TrainGroundConfig, resume: bool = False, overwrite: bool = False)
     log.info("stage %s: %d records, %d trainable tensors, losses %s", cfg.stage, len(records), len(trainable),
              weights)
 
+    modalities = sorted({r.modality for r in records})  # the same routing groups on every process
     t0 = time.perf_counter()
     step = start_step
     for step in range(start_step, cfg.optim.steps):
@@ -611,14 +641,11 @@ def train(cfg: TrainGroundConfig, resume: bool = False, overwrite: bool = False)
         done = step + 1
         elapsed = time.perf_counter() - t0
         if done % cfg.log_every == 0 or done == 1:
+            routing = global_routing(acc, model, [e.modality for e in examples], modalities)
             rec = loss_record(acc, loss, terms, done, lr, elapsed)
             if rec is not None:
-                mods = model.moe_modules()
-                if mods:
-                    from pathmllm.models.grounding.moe import routing_statistics
-
-                    rec["routing"] = _round_stats(routing_statistics(mods, token_groups(
-                        model, [e.modality for e in examples])))
+                if routing is not None:
+                    rec["routing"], rec["routing_tokens"] = routing
                 append_log(log_path, rec)
                 log.info("stage %s step %d/%d loss %.4f", cfg.stage, done, cfg.optim.steps, rec["loss"])
         if end_step(acc, ckpt, done, elapsed, cfg):

@@ -46,7 +46,9 @@ __all__ = [
     "convert_to_moe",
     "decoder_layers",
     "load_balancing_loss",
+    "count_fractions",
     "router_z_loss",
+    "routing_counts",
     "routing_statistics",
 ]
 
@@ -358,6 +360,31 @@ def router_z_loss(moe_modules: Sequence[MoEFeedForward], token_mask: torch.Tenso
 
 
 @torch.no_grad()
+def routing_counts(
+    moe_modules: Sequence[MoEFeedForward], token_groups: Mapping[str, torch.Tensor]
+) -> dict[str, dict[int, torch.Tensor]]:
+    """Routing assignments per expert (float64 counts ``(N,)``), per token group and layer, of
+    the last forward: what :func:`routing_statistics` normalises, and what processes add up."""
+    modules = _check(moe_modules)
+    counts: dict[str, dict[int, torch.Tensor]] = {}
+    for name, group in token_groups.items():
+        per_layer: dict[int, torch.Tensor] = {}
+        for pos, mod in enumerate(modules):
+            index = mod.last_expert_index
+            mask = _mask(group, index.shape[0], index.device)
+            chosen = index[mask].reshape(-1)
+            key = mod.layer_index if mod.layer_index is not None else pos
+            per_layer[key] = torch.bincount(chosen, minlength=mod.num_experts).double()
+        counts[name] = per_layer
+    return counts
+
+
+def count_fractions(counts: torch.Tensor) -> list[float]:
+    """Counts per expert -> fractions (NaN for a group with no tokens)."""
+    total = float(counts.sum())
+    return [float("nan")] * counts.numel() if total == 0 else (counts / total).tolist()
+
+
 def routing_statistics(
     moe_modules: Sequence[MoEFeedForward], token_groups: Mapping[str, torch.Tensor]
 ) -> dict[str, dict[int, list[float]]]:
@@ -369,19 +396,5 @@ def routing_statistics(
     layer index (``layer_index``; the position in ``moe_modules`` where unset); a group with no
     tokens gets NaN fractions.
     """
-    modules = _check(moe_modules)
-    stats: dict[str, dict[int, list[float]]] = {}
-    for name, group in token_groups.items():
-        per_layer: dict[int, list[float]] = {}
-        for pos, mod in enumerate(modules):
-            index = mod.last_expert_index
-            mask = _mask(group, index.shape[0], index.device)
-            chosen = index[mask].reshape(-1)
-            key = mod.layer_index if mod.layer_index is not None else pos
-            if chosen.numel() == 0:
-                per_layer[key] = [float("nan")] * mod.num_experts
-            else:
-                counts = torch.bincount(chosen, minlength=mod.num_experts).double()
-                per_layer[key] = (counts / chosen.numel()).tolist()
-        stats[name] = per_layer
-    return stats
+    return {name: {layer: count_fractions(c) for layer, c in per.items()}
+            for name, per in routing_counts(moe_modules, token_groups).items()}
