@@ -169,6 +169,9 @@ def test_cli_features_models_and_embed(pyramid: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["slide", "features", str(pyramid), "--out", str(tmp_path), "-e", "handcrafted",
                               "--precision", "int8", "--device", "cuda"])
     assert res.exit_code == 2 and ("CPU mode" in res.output or "CUDA is not available" in res.output)
+    res = runner.invoke(app, ["slide", "features", str(pyramid), "--out", str(tmp_path), "-e", "handcrafted",
+                              "--precision", "int8", "--device", "cpu"])
+    assert res.exit_code == 2 and "has none" in res.output  # said before any slide is read
     res = runner.invoke(app, ["embed-patches", str(tmp_path / "missing"), "-e", "handcrafted"])
     assert res.exit_code == 2 and "no such folder" in res.output
     patches = tmp_path / "patches"

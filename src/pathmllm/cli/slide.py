@@ -350,9 +350,12 @@ def features(
     except (ValueError, RuntimeError) as exc:
         _fail(f"--precision {precision} --device {device}: {exc}", code=2)
     try:
-        encoder_spec(encoder)
+        spec, _ = encoder_spec(encoder)
     except (KeyError, ValueError) as exc:
         _fail(str(exc).strip("'\""), code=2)
+    if precision == "int8" and spec.family == "handcrafted":
+        _fail(f"--precision int8 quantises linear layers, and encoder {encoder!r} has none (int8 would change "
+              "nothing): use fp32", code=2)
     tcfg = _tiling(target_mpp, patch_size, min_tissue, region_size)
     ecfg = ExtractConfig(encoder=encoder, weights=str(weights) if weights else None, batch_size=batch_size,
                          num_workers=num_workers, device=device, precision=precision,  # type: ignore[arg-type]
